@@ -1,0 +1,88 @@
+"""Supernet parameters -> :class:`~hdnas.genotype.Genotype`, and a random-genotype sampler.
+
+Derivation: argmax α per refinement step (with shared α every cell gets the same ops), the top-k
+inputs of every cell by β (k = ``space.cell_inputs``, at most the cell's number of candidates),
+the top-m fusion cells by β (m = ``space.fusion_cells``). Ties go to the lowest index, so a
+freshly initialised or exactly symmetric supernet derives reproducibly. Chosen inputs and fusion
+cells are listed in ascending order. Provenance is left empty: the search fills it in.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import torch
+
+from hdnas.genotype import CellGenotype, Genotype
+from hdnas.space import ArchProbs, SearchSpace
+
+
+def _values(x) -> list[float]:
+    if isinstance(x, torch.Tensor):
+        return [float(v) for v in x.detach().cpu().reshape(-1).tolist()]
+    return [float(v) for v in x]
+
+
+def argmax(values: Sequence[float]) -> int:
+    """Index of the largest value; the lowest index among ties."""
+    vals = _values(values)
+    best = 0
+    for i, v in enumerate(vals):
+        if v > vals[best]:
+            best = i
+    return best
+
+
+def top_k(values: Sequence[float], k: int) -> list[int]:
+    """Indices of the k largest values (ties -> lower index), returned in ascending order."""
+    vals = _values(values)
+    order = sorted(range(len(vals)), key=lambda i: (-vals[i], i))
+    return sorted(order[:k])
+
+
+def _probs_of(source) -> ArchProbs:
+    if isinstance(source, ArchProbs):
+        return source
+    arch_probs = getattr(source, "arch_probs", None)
+    if callable(arch_probs):
+        with torch.no_grad():
+            return arch_probs()
+    raise TypeError(f"derive: expected a SuperNet or ArchProbs, got {type(source).__name__}")
+
+
+def derive(supernet_or_probs, space: SearchSpace) -> Genotype:
+    """The discrete architecture that the supernet's α and β favour."""
+    probs = _probs_of(supernet_or_probs)
+    alpha = probs.alpha
+    n_alpha = len(alpha)
+    if n_alpha not in (1, space.cells):
+        raise ValueError(f"derive: α has {n_alpha} cell rows, expected 1 (shared) or {space.cells}")
+    cells = []
+    for i in range(1, space.cells + 1):
+        rows = alpha[0 if n_alpha == 1 else i - 1]
+        ops = [space.ops[argmax(rows[k])] for k in range(space.steps)]
+        inputs = top_k(probs.inputs[i - 1], space.inputs_kept(i))
+        cells.append(CellGenotype(ops=ops, inputs=inputs))
+    fusion = [j + 1 for j in top_k(probs.fusion, space.fusion_cells)]
+    geno = Genotype(
+        scale=space.scale, channels=space.channels, cells=cells, fusion=fusion, esa=space.esa, upsampler=space.upsampler
+    )
+    geno.validate()
+    return geno
+
+
+def random_genotype(space: SearchSpace, rng: random.Random | int | None = None) -> Genotype:
+    """A uniformly random derivable genotype of ``space`` (the NAS sanity baseline)."""
+    if not isinstance(rng, random.Random):
+        rng = random.Random(rng)
+    shared_ops = [rng.choice(space.ops) for _ in range(space.steps)]
+    cells = []
+    for i in range(1, space.cells + 1):
+        ops = list(shared_ops) if space.shared_alpha else [rng.choice(space.ops) for _ in range(space.steps)]
+        inputs = sorted(rng.sample(range(i), space.inputs_kept(i)))
+        cells.append(CellGenotype(ops=ops, inputs=inputs))
+    fusion = sorted(rng.sample(range(1, space.cells + 1), space.fusion_cells))
+    return Genotype(
+        scale=space.scale, channels=space.channels, cells=cells, fusion=fusion, esa=space.esa, upsampler=space.upsampler
+    )

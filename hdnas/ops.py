@@ -1,0 +1,148 @@
+"""The one operation registry.
+
+Every searchable operation is one :class:`OpSpec`: how to build it, its exact Multi-Adds and
+parameter count, and how to draw it. The supernet, the derived network, the cost model and the
+renderer all read this table, so adding an operation is one ``register`` call.
+
+Conventions: an op maps ``c_in`` to ``c_out`` channels at stride 1 with "same" padding, so its
+output has the input's H×W. Multi-Adds count one multiply-accumulate as one, like fvcore's conv
+counter (``c_out · c_in/groups · k² · H·W``); biases, ReLUs and additions are not multiply-adds.
+Candidate ops carry no batch norm: SR networks avoid it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch.nn as nn
+
+
+def conv_macs(c_in: int, c_out: int, k: int, h_out: int, w_out: int, groups: int = 1) -> int:
+    """Multi-Adds of a k×k convolution producing an h_out×w_out map (bias excluded)."""
+    return c_out * (c_in // groups) * k * k * h_out * w_out
+
+
+def conv_params(c_in: int, c_out: int, k: int, groups: int = 1, bias: bool = True) -> int:
+    return c_out * (c_in // groups) * k * k + (c_out if bias else 0)
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One searchable operation.
+
+    ``family`` groups ops that the fast supernet path can merge: ``conv`` ops are linear in the same
+    input (their α-weighted sum is one conv with summed, zero-padded kernels), ``sep`` and ``dil`` ops
+    start from ReLU(x) and run depthwise then pointwise convolutions.
+    """
+
+    name: str
+    factory: Callable[[int, int], nn.Module]
+    macs: Callable[[int, int, int, int], int]  # (c_in, c_out, h, w) -> Multi-Adds
+    params: Callable[[int, int], int]  # (c_in, c_out) -> parameters
+    label: str
+    family: str
+    kernel: int
+    dilation: int = 1
+
+
+OPS: dict[str, OpSpec] = {}
+
+
+def register(spec: OpSpec) -> OpSpec:
+    if spec.name in OPS:
+        raise ValueError(f"operation '{spec.name}' is registered twice")
+    OPS[spec.name] = spec
+    return spec
+
+
+def get_op(name: str) -> OpSpec:
+    try:
+        return OPS[name]
+    except KeyError:
+        raise KeyError(f"unknown operation '{name}' (registered: {', '.join(OPS)})") from None
+
+
+def build_op(name: str, c_in: int, c_out: int) -> nn.Module:
+    return get_op(name).factory(c_in, c_out)
+
+
+class SepConv(nn.Sequential):
+    """DARTS separable conv without batch norm: twice (ReLU -> depthwise k×k -> pointwise 1×1)."""
+
+    def __init__(self, c_in: int, c_out: int, k: int):
+        pad = k // 2
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c_in, c_in, k, padding=pad, groups=c_in, bias=False),
+            nn.Conv2d(c_in, c_in, 1, bias=True),
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c_in, c_in, k, padding=pad, groups=c_in, bias=False),
+            nn.Conv2d(c_in, c_out, 1, bias=True),
+        )
+        self.kernel_size = k
+
+
+class DilConv(nn.Sequential):
+    """DARTS dilated conv without batch norm: ReLU -> depthwise k×k, dilation 2 -> pointwise 1×1."""
+
+    def __init__(self, c_in: int, c_out: int, k: int, dilation: int = 2):
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c_in, c_in, k, padding=dilation * (k // 2), dilation=dilation, groups=c_in, bias=False),
+            nn.Conv2d(c_in, c_out, 1, bias=True),
+        )
+        self.kernel_size = k
+        self.dilation = dilation
+
+
+def _plain_conv(k: int) -> OpSpec:
+    return OpSpec(
+        name=f"conv_{k}x{k}",
+        factory=lambda c_in, c_out: nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=True),
+        macs=lambda c_in, c_out, h, w: conv_macs(c_in, c_out, k, h, w),
+        params=lambda c_in, c_out: conv_params(c_in, c_out, k),
+        label=f"conv {k}×{k}",
+        family="conv",
+        kernel=k,
+    )
+
+
+def _sep_conv(k: int) -> OpSpec:
+    return OpSpec(
+        name=f"sep_conv_{k}x{k}",
+        factory=lambda c_in, c_out: SepConv(c_in, c_out, k),
+        macs=lambda c_in, c_out, h, w: (
+            2 * conv_macs(c_in, c_in, k, h, w, groups=c_in) + conv_macs(c_in, c_in, 1, h, w) + conv_macs(c_in, c_out, 1, h, w)
+        ),
+        params=lambda c_in, c_out: (
+            2 * conv_params(c_in, c_in, k, groups=c_in, bias=False) + conv_params(c_in, c_in, 1) + conv_params(c_in, c_out, 1)
+        ),
+        label=f"sep {k}×{k}",
+        family="sep",
+        kernel=k,
+    )
+
+
+def _dil_conv(k: int) -> OpSpec:
+    return OpSpec(
+        name=f"dil_conv_{k}x{k}",
+        factory=lambda c_in, c_out: DilConv(c_in, c_out, k, 2),
+        macs=lambda c_in, c_out, h, w: conv_macs(c_in, c_in, k, h, w, groups=c_in) + conv_macs(c_in, c_out, 1, h, w),
+        params=lambda c_in, c_out: conv_params(c_in, c_in, k, groups=c_in, bias=False) + conv_params(c_in, c_out, 1),
+        label=f"dil {k}×{k} (d=2)",
+        family="dil",
+        kernel=k,
+        dilation=2,
+    )
+
+
+for _k in (1, 3, 5, 7):
+    register(_plain_conv(_k))
+for _k in (3, 5, 7):
+    register(_sep_conv(_k))
+for _k in (3, 5):
+    register(_dil_conv(_k))
+
+#: The candidate set of the reference search space (Huang et al., 2021), in registry order.
+DEFAULT_OPS: tuple[str, ...] = tuple(OPS)

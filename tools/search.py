@@ -1,0 +1,92 @@
+#!/usr/bin/env python
+"""Search an SR architecture under a Multi-Adds budget: ``python tools/search.py --scale 4``.
+
+Examples:
+  python tools/search.py --scale 4                                  # built-in data, default space (CPU, minutes)
+  python tools/search.py --scale 4 --budget 10G --out derived/x4_10G.json
+  python tools/search.py --scale 2 --space search_spaces/dlsr.yaml --config search_spaces/dlsr_div2k.yaml --data /data/DIV2K
+  torchrun --nproc_per_node=2 tools/search.py --scale 4             # data-parallel (gloo on CPU, NCCL on GPU)
+  python tools/search.py --scale 4 --resume                         # continue a killed run
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+try:
+    import hdnas  # noqa: F401
+except ImportError:  # running from a source checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hdnas.config import format_count  # noqa: E402
+from hdnas.errors import HdnasError  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), help="upscaling factor (default: the space's, 4)")
+    p.add_argument("--space", default="search_spaces/default.yaml", help="search-space YAML (default: %(default)s)")
+    p.add_argument("--config", help="run config YAML (sections: data, search; top-level name, seed, device)")
+    p.add_argument("--data", nargs="+", metavar="DIR", help="HR image folders or DIV2K roots (default: built-in sample set)")
+    p.add_argument("--val-data", nargs="+", metavar="DIR", help="validation folders (default: held-out training images)")
+    p.add_argument("--budget", help="Multi-Adds budget at 1280x720 output, e.g. 18G")
+    p.add_argument("--out", help="genotype JSON to write (default: derived/x{scale}.json)")
+    p.add_argument("--force", action="store_true", help="overwrite --out and start over an existing run")
+    p.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoint.pt")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to TensorBoard)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. search.epochs=20 space.channels=48")
+    args = p.parse_intermixed_args(argv)
+
+    from hdnas.search import load_search_config, run_search
+
+    extra = list(args.overrides)
+    if args.scale is not None:
+        extra.append(f"space.scale={args.scale}")
+    if args.data:
+        extra.append("data.paths=[" + ",".join(f'"{d}"' for d in args.data) + "]")
+    if args.val_data:
+        extra.append("data.val_paths=[" + ",".join(f'"{d}"' for d in args.val_data) + "]")
+    if args.budget is not None:
+        extra.append(f"search.budget={args.budget}")
+    if args.seed is not None:
+        extra.append(f"seed={args.seed}")
+    try:
+        space = args.space
+        if space == p.get_default("space") and not Path(space).exists():  # run from another folder
+            space = str(Path(__file__).resolve().parents[1] / space)
+        cfg = load_search_config(args.config, space, extra)
+        out = args.out or f"derived/x{cfg.space.scale}.json"
+        outcome = run_search(cfg, out, force=args.force, resume=args.resume, progress=not args.no_progress,
+                             command=["python", "tools/search.py", *(argv if argv is not None else sys.argv[1:])])
+    except HdnasError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: continue with --resume", file=sys.stderr)
+        return 130
+    if outcome is None:
+        return 0
+    g, prov = outcome.genotype, outcome.genotype.provenance
+    print(f"genotype  {outcome.genotype_path}  (×{g.scale}, {len(g.cells)} cells × {g.steps} steps, {g.channels} channels)")
+    for i, cell in enumerate(g.cells, start=1):
+        live = "" if i in g.live_cells() else "  (dead: not computed)"
+        print(f"  cell {i}: inputs {cell.inputs}  ops {', '.join(cell.ops)}{live}")
+    print(f"  fusion: cells {g.fusion}")
+    budget = prov.get("budget")
+    print(f"Multi-Adds {format_count(prov['multi_adds'])} at 1280x720 output"
+          + (f" (budget {format_count(budget)}, {100 * (prov['multi_adds'] / budget - 1):+.1f}%)" if budget else "")
+          + f"   params {format_count(prov['params'])}")
+    print(f"validation PSNR-Y {prov['val_psnr']:.2f} dB (supernet)  vs bicubic {prov['val_psnr_bicubic']:.2f} dB")
+    if outcome.drawings:
+        print("drawings  " + "  ".join(str(d) for d in outcome.drawings if str(d).endswith(".png")))
+    if outcome.drawing_note:
+        print(outcome.drawing_note)
+    print(f"run folder {outcome.result.run_dir}  (tensorboard --logdir {outcome.result.run_dir / 'tb'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

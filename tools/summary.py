@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""Check a genotype and summarise it: ``python tools/summary.py derived/x4.json [--json]``.
+
+Prints scale, channels, parameters, Multi-Adds at 1280×720 output (ours and fvcore's, which skips
+the element-wise ESA gates), each cell's ops and inputs, the fusion and which cells are live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+try:
+    import hdnas  # noqa: F401
+except ImportError:  # running from a source checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hdnas.errors import HdnasError  # noqa: E402
+
+HR_SIZE = (720, 1280)  # (height, width) of the reference HR output, as lightweight-SR papers count
+
+
+def costs(geno: Any, fvcore: bool) -> dict[str, Any]:
+    """Parameters and Multi-Adds from ``hdnas.cost``; imported lazily (torch is slow to import)."""
+    from hdnas import cost
+
+    report = cost.count(geno, hr_size=HR_SIZE)
+    out: dict[str, Any] = {
+        "params": report.params,
+        "macs": report.macs,
+        "hr_size": list(HR_SIZE),
+        "lr_size": list(report.lr_size),
+        "macs_not_in_fvcore": report.extras,
+        "parts": {k: {"macs": v.macs, "params": v.params} for k, v in getattr(report, "parts", {}).items()},
+    }
+    if fvcore:
+        try:
+            from hdnas.network import DerivedNet
+
+            out["macs_fvcore"] = cost.fvcore_macs(DerivedNet(geno), tuple(report.lr_size))
+        except ImportError as exc:  # fvcore is an optional cross-check, not a reason to fail
+            out["fvcore_unavailable"] = f"{exc} (pip install fvcore)"
+    return out
+
+
+def summarise(geno: Any, path: str, fvcore: bool = True) -> dict[str, Any]:
+    live = geno.live_cells()
+    info: dict[str, Any] = {
+        "file": path,
+        "scale": geno.scale,
+        "channels": geno.channels,
+        "steps": geno.steps,
+        "esa": geno.esa,
+        "upsampler": geno.upsampler,
+        "cells": [
+            {"cell": i, "ops": list(c.ops), "inputs": list(c.inputs), "live": i in live}
+            for i, c in enumerate(geno.cells, start=1)
+        ],
+        "fusion": list(geno.fusion),
+        "live_cells": live,
+        "dead_cells": [i for i in range(1, len(geno.cells) + 1) if i not in live],
+    }
+    info.update(costs(geno, fvcore))
+    info["provenance"] = geno.provenance
+    return info
+
+
+def _name(j: int) -> str:
+    return "stem" if j == 0 else f"cell {j}"
+
+
+def print_text(info: dict[str, Any]) -> None:
+    from hdnas.config import format_count
+    from hdnas.ops import OPS
+
+    (hh, hw), (lh, lw) = info["hr_size"], info["lr_size"]
+    print(f"genotype   {info['file']}")
+    print(f"scale      ×{info['scale']}   channels {info['channels']}   {len(info['cells'])} cells × "
+          f"{info['steps']} steps   ESA {'on' if info['esa'] else 'off'}   upsampler {info['upsampler']}")
+    print(f"params     {format_count(info['params'])} ({info['params']:,})")
+    print(f"Multi-Adds {format_count(info['macs'])} ({info['macs']:,}) at {hw}×{hh} output (LR {lw}×{lh})")
+    if "macs_fvcore" in info:
+        extra = info["macs_not_in_fvcore"]
+        print(f"  fvcore   {format_count(info['macs_fvcore'])} ({info['macs_fvcore']:,}); "
+              f"+ {format_count(extra)} element-wise ESA gates it skips = "
+              f"{format_count(info['macs_fvcore'] + extra)}")
+    elif "fvcore_unavailable" in info:
+        print(f"  fvcore   not checked: {info['fvcore_unavailable']}")
+    print(f"{'cells':<6}{'Multi-Adds':>10} {'params':>7}")
+    width = max(len(", ".join(map(_name, c["inputs"]))) for c in info["cells"])
+    for c in info["cells"]:
+        ops = ", ".join(OPS[o].label for o in c["ops"])
+        part = info["parts"].get(f"cell{c['cell']}")
+        state = f"{format_count(part['macs']):>10} {format_count(part['params']):>7}" if part else f"{'dead':>18}"
+        inputs = ", ".join(map(_name, c["inputs"]))
+        print(f"  {c['cell']:>2}  {state}  in: {inputs:<{width}}  ops: {ops}")
+    print(f"fusion     {', '.join(map(_name, info['fusion']))}")
+    dead = info["dead_cells"]
+    print(f"live cells {', '.join(map(str, info['live_cells']))}" + (f"   dead (not built): {', '.join(map(str, dead))}"
+                                                                    if dead else "   dead: none"))
+    prov = info["provenance"]
+    if prov:
+        keys = [k for k in prov if not isinstance(prov[k], (dict, list))]
+        print("provenance " + "   ".join(f"{k} {prov[k]}" for k in keys[:8]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("genotype", help="genotype JSON (e.g. derived/x4.json)")
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), help="fail unless the genotype is for this scale")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--no-fvcore", action="store_true", help="skip fvcore's cross-check (it builds and traces the net)")
+    args = p.parse_args(argv)
+
+    from hdnas.genotype import load_genotype
+
+    try:
+        geno = load_genotype(args.genotype, scale=args.scale)
+        info = summarise(geno, args.genotype, fvcore=not args.no_fvcore)
+    except HdnasError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+    else:
+        print_text(info)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # `summary.py ... | head`: the reader left; not an error worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)

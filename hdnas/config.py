@@ -89,6 +89,11 @@ def _coerce(value: Any, tp: Any, field: str) -> Any:
             raise ConfigError(f"{field}: expected a mapping, got {value!r}")
         return dict(value)
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{field}: expected a number, got {value!r}")
         return float(value)

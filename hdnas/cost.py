@@ -214,10 +214,11 @@ def cost_table(space: SearchSpace, hr_size: tuple[int, int] = HR_SIZE) -> CostTa
     return _cost_table(_space_key(space), tuple(hr_size))
 
 
-def _as_tensor(x, like: torch.Tensor | None = None) -> torch.Tensor:
+def _as_tensor(x, device: torch.device | None = None) -> torch.Tensor:
+    """float64 view of probabilities (tensor, numpy or nested lists), keeping the autograd graph."""
     if isinstance(x, torch.Tensor):
-        return x.to(torch.float64)
-    return torch.as_tensor(x, dtype=torch.float64, device=None if like is None else like.device)
+        return x.to(device=device, dtype=torch.float64)
+    return torch.as_tensor(x, dtype=torch.float64, device=device)
 
 
 def expected_macs(space: SearchSpace, probs: ArchProbs, hr_size: tuple[int, int] = HR_SIZE) -> torch.Tensor:
@@ -234,9 +235,9 @@ def expected_macs(space: SearchSpace, probs: ArchProbs, hr_size: tuple[int, int]
     op_macs = table.op_macs.to(device)
     step_cost = (alpha * op_macs).sum(dim=(-1, -2))  # (N or 1,)
     n, m = space.cells, space.fusion_cells
-    fusion = _as_tensor(probs.fusion, alpha).to(device)
+    fusion = _as_tensor(probs.fusion, device)
     p_fus = torch.clamp(m * fusion, max=1.0)
-    inputs = [_as_tensor(p, alpha).to(device) for p in probs.inputs]
+    inputs = [_as_tensor(p, device) for p in probs.inputs]
     live: list[torch.Tensor | None] = [None] * (n + 1)
     for j in range(n, 0, -1):
         dead = 1.0 - p_fus[j - 1]

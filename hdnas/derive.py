@@ -53,6 +53,7 @@ def _probs_of(source) -> ArchProbs:
 
 def derive(supernet_or_probs, space: SearchSpace) -> Genotype:
     """The discrete architecture that the supernet's α and β favour."""
+    space.validate()
     probs = _probs_of(supernet_or_probs)
     alpha = probs.alpha
     n_alpha = len(alpha)
@@ -74,6 +75,7 @@ def derive(supernet_or_probs, space: SearchSpace) -> Genotype:
 
 def random_genotype(space: SearchSpace, rng: random.Random | int | None = None) -> Genotype:
     """A uniformly random derivable genotype of ``space`` (the NAS sanity baseline)."""
+    space.validate()
     if not isinstance(rng, random.Random):
         rng = random.Random(rng)
     shared_ops = [rng.choice(space.ops) for _ in range(space.steps)]

@@ -48,7 +48,9 @@ def op_radius(name: str) -> int:
         return 2 * half
     if spec.family == "dil":
         return spec.dilation * half
-    raise ValueError(f"op '{name}': receptive field of family '{spec.family}' unknown; extend hdnas.inference.op_radius")
+    raise ValueError(
+        f"op '{name}': receptive field of family '{spec.family}' unknown; extend hdnas.inference.op_radius"
+    )
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,6 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-@torch.no_grad()
 def upscale(
     model: nn.Module,
     lr: torch.Tensor,
@@ -138,7 +139,11 @@ def upscale(
     memory. ``overlap=None``: the receptive-field radius of the model's genotype (exact for nets
     without ESA; see the module docstring). ``scale``: default the model's ``scale`` attribute.
     """
-    s = int(scale if scale is not None else getattr(model, "scale"))
+    with torch.no_grad():
+        return _upscale(model, lr, tile, overlap, int(scale if scale is not None else getattr(model, "scale")))
+
+
+def _upscale(model: nn.Module, lr: torch.Tensor, tile: int | None, overlap: int | None, s: int) -> torch.Tensor:
     h, w = lr.shape[-2:]
     if tile is None:
         try:
@@ -157,6 +162,6 @@ def upscale(
         warnings.warn(
             "tiled inference of a net with ESA is approximate: ESA's pooled mask depends on the tile "
             "(identity holds only for esa: false genotypes)",
-            stacklevel=2,
+            stacklevel=3,
         )
     return tiled_forward(model, lr, s, tile, ov)

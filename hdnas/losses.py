@@ -232,7 +232,9 @@ class ImportanceLearner:
         return frozen
 
     @torch.no_grad()
-    def weights(self, lr: torch.Tensor, hr: torch.Tensor, teacher_sr: torch.Tensor | None = None) -> torch.Tensor | None:
+    def weights(
+        self, lr: torch.Tensor, hr: torch.Tensor, teacher_sr: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """The (B, 1, H, W) importance map of a batch, or None when every weight would be 1.
 
         Without a teacher w0 = 1 and the clamp makes every weight exactly 1 in every round, so

@@ -8,6 +8,8 @@ built, so they cost no parameters, no time and no Multi-Adds.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 
@@ -20,6 +22,7 @@ class DerivedNet(nn.Module):
     def __init__(self, genotype: Genotype):
         super().__init__()
         genotype.validate()
+        genotype = copy.deepcopy(genotype)  # the wiring must not change under the module's feet
         c = genotype.channels
         self.genotype = genotype
         self.scale = genotype.scale

@@ -28,12 +28,8 @@ from hdnas.supernet import SuperNet
 SCALES = (2, 3, 4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# small tensors: one thread is faster, and robust while another process keeps a core busy
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_space(scale: int, **kw) -> SearchSpace:

@@ -12,6 +12,8 @@ from hdnas.network import DerivedNet
 from hdnas.space import ArchProbs, SearchSpace
 from hdnas.supernet import SuperNet
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def space(**kw) -> SearchSpace:
     base = dict(scale=2, channels=8, cells=4, steps=2, cell_inputs=2, fusion_cells=2)

@@ -13,13 +13,8 @@ from hdnas.network import DerivedNet, build_network
 from hdnas.space import SearchSpace
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine's 2 cores are shared; tiny nets gain nothing from a second thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# small tensors: one thread is faster, and robust while another process keeps a core busy
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_space(scale: int, **kw) -> SearchSpace:

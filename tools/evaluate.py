@@ -7,6 +7,14 @@
 Without --data the built-in sample set's validation images are used.  ``--model bicubic-y`` is the
 Y-channel protocol the published bicubic rows were made with (see hdnas.evaluation).
 All logic lives in hdnas.evaluation; this file parses arguments and prints.
+
+Trained nets (the scale is the genotype's):
+
+    python tools/evaluate.py --checkpoint runs/retrain_x4_x4_s0/best.pt --data ../shared/data/Set5 --json out.json
+    python tools/evaluate.py --genotype derived/x4.json --weights weights.pt --data DIR --save-images out/sr
+
+Images are processed whole, or in overlapping tiles when they do not fit in memory (or with
+--tile); tiling is exact for nets without ESA (see hdnas.inference).
 """
 
 from __future__ import annotations
@@ -38,7 +46,16 @@ def _scale(text: str) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Evaluate an SR model (Y-PSNR/SSIM, border = scale).")
     p.add_argument("--model", default="bicubic", choices=MODELS, help="model to evaluate (default: bicubic)")
-    p.add_argument("--scale", type=_scale, nargs="+", default=[4], help="scale(s), e.g. 2 3 4 (default: 4)")
+    p.add_argument("--scale", type=_scale, nargs="+",
+                   help="scale(s), e.g. 2 3 4 (default: 4, or the trained net's scale)")
+    p.add_argument("--checkpoint", metavar="PATH", help="evaluate a trained net from a retrain checkpoint")
+    p.add_argument("--genotype", metavar="G", help="genotype JSON (with --weights; checked against --checkpoint)")
+    p.add_argument("--weights", metavar="W", help="weights for --genotype: a checkpoint or a bare state dict")
+    p.add_argument("--raw", action="store_true", help="use a checkpoint's raw weights instead of its EMA weights")
+    p.add_argument("--tile", type=int, metavar="N", help="LR tile side (default: whole images, tiles if out of memory)")
+    p.add_argument("--overlap", type=int, metavar="N", help="tile overlap in LR pixels (default: the receptive field)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    p.add_argument("--save-images", metavar="DIR", help="write SR images to DIR/<dataset>/x<scale>/<name>.png")
     p.add_argument("--data", nargs="+", metavar="DIR", help="image folder(s); default: built-in sample val set")
     p.add_argument("--split", default="val", choices=("train", "val"), help="DIV2K split to use (default: val)")
     p.add_argument("--json", metavar="OUT", help="also write results to this JSON file (atomically)")
@@ -52,14 +69,20 @@ def main(argv: list[str] | None = None) -> int:
         from hdnas.data import build_dataset
         from hdnas.evaluation import bicubic_model, evaluate_bicubic_y, evaluate_model, format_table, write_json_atomic
 
+        net, label = _trained_net(args)
+        scales = args.scale or ([net.scale] if net is not None else [4])
+        if net is not None and scales != [net.scale]:
+            raise HdnasError(f"--scale {' '.join(map(str, scales))}: the net is for x{net.scale}")
         results = []
         for folder in args.data or [None]:
-            for scale in args.scale:
+            for scale in scales:
                 dataset = build_dataset([folder] if folder else None, scale, args.split)
-                if args.model == "bicubic-y":
+                if net is not None:
+                    res = evaluate_model(_net_fn(net, args, dataset), dataset, scale, device=_device(args.device))
+                elif args.model == "bicubic-y":
                     res = evaluate_bicubic_y(dataset)
                 else:
-                    res = evaluate_model(bicubic_model(scale), dataset, scale)
+                    res = evaluate_model(_saving(bicubic_model(scale), args, dataset), dataset, scale)
                 results.append(res)
                 if args.per_image:
                     for r in res["per_image"]:
@@ -67,11 +90,65 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(results))
         if args.json:
             summary = [{k: r[k] for k in ("dataset", "scale", "psnr", "ssim", "images")} for r in results]
-            write_json_atomic(args.json, {"model": args.model, "results": summary})
+            write_json_atomic(args.json, {"model": label or args.model, "results": summary})
     except (HdnasError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _device(name: str):
+    from hdnas.train import resolve_device
+
+    return resolve_device(name)
+
+
+def _trained_net(args: argparse.Namespace):
+    """(net on its device, label for the JSON) for --checkpoint / --genotype --weights; (None, None) otherwise."""
+    if args.genotype and not (args.weights or args.checkpoint):
+        raise HdnasError("--genotype needs --weights (or --checkpoint)")
+    if args.weights and args.checkpoint:
+        raise HdnasError("pass --checkpoint or --weights, not both")
+    path = args.checkpoint or args.weights
+    if path is None:
+        return None, None
+    from hdnas.genotype import load_genotype
+    from hdnas.train import load_model
+
+    geno = load_genotype(args.genotype) if args.genotype else None
+    net, _ = load_model(path, geno, prefer_ema=not args.raw)
+    return net.to(_device(args.device)), f"checkpoint:{path}"
+
+
+def _saving(model_fn, args: argparse.Namespace, dataset):
+    """``model_fn`` that also writes each SR image (uint8, as scored) when --save-images is given.
+
+    evaluate_model calls the model once per image, in dataset order, so outputs pair with names.
+    """
+    if not args.save_images:
+        return model_fn
+    import torch
+    from PIL import Image
+
+    from hdnas.metrics import to_levels
+
+    folder = Path(args.save_images) / dataset.name / f"x{dataset.scale}"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = iter(dataset.names)
+
+    def run(lr):
+        sr = model_fn(lr)
+        img = to_levels(sr[0] if sr.dim() == 4 else sr).to("cpu", torch.uint8).permute(1, 2, 0).numpy()
+        Image.fromarray(img).save(folder / f"{next(names)}.png")
+        return sr
+
+    return run
+
+
+def _net_fn(net, args: argparse.Namespace, dataset):
+    from hdnas.inference import upscale
+
+    return _saving(lambda lr: upscale(net, lr, tile=args.tile, overlap=args.overlap), args, dataset)
 
 
 if __name__ == "__main__":

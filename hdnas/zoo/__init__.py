@@ -1,0 +1,158 @@
+"""Reference networks and random architectures: what a searched net is compared with.
+
+Registry: name -> :class:`Reference`. Where a reference can be written as a genotype of our space
+(``rfdn``, ``imdn_space``) it is, so the same cost model, trainer and exporter serve it; otherwise
+it is a plain module with an exact, fvcore-checked cost (``imdn``, ``fsrcnn``) or a fixed function
+(``bicubic``).
+
+    >>> from hdnas.zoo import build_reference, reference_cost
+    >>> net = build_reference("rfdn", scale=4)          # a DerivedNet
+    >>> reference_cost("imdn", 4).params                 # 715176
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch.nn as nn
+
+from hdnas.cost import HR_SIZE, count
+from hdnas.errors import ConfigError
+from hdnas.genotype import Genotype
+from hdnas.zoo.bicubic import Bicubic, bicubic_cost
+from hdnas.zoo.common import ModelCost, num_params
+from hdnas.zoo.fsrcnn import FSRCNN, YChannelSR, build_fsrcnn, fsrcnn_cost
+from hdnas.zoo.imdn import IMDN, imdn_cost, imdn_space_genotype
+from hdnas.zoo.rfdn import rfdn_channels_for_macs, rfdn_for_macs, rfdn_genotype
+from hdnas.zoo.sampler import SamplerError, genotype_macs_fast, random_genotypes
+
+__all__ = [
+    "REFERENCES",
+    "Reference",
+    "ModelCost",
+    "Bicubic",
+    "FSRCNN",
+    "IMDN",
+    "YChannelSR",
+    "SamplerError",
+    "build_fsrcnn",
+    "build_reference",
+    "genotype_cost",
+    "genotype_macs_fast",
+    "imdn_space_genotype",
+    "list_references",
+    "num_params",
+    "random_genotypes",
+    "reference_cost",
+    "reference_genotype",
+    "rfdn_channels_for_macs",
+    "rfdn_for_macs",
+    "rfdn_genotype",
+]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One reference net. ``genotype`` is None for plain modules; ``cost`` is exact (== fvcore + extras)."""
+
+    name: str
+    summary: str
+    build: Callable[..., nn.Module]  # (scale, **kw)
+    cost: Callable[..., ModelCost]  # (scale, hr_size, **kw)
+    genotype: Callable[..., Genotype] | None = None  # (scale, **kw)
+    published: dict[str, Any] = field(default_factory=dict)  # the paper's own figures, for the report
+
+
+def genotype_cost(genotype: Genotype, hr_size: tuple[int, int] = HR_SIZE) -> ModelCost:
+    report = count(genotype, hr_size)
+    return ModelCost(macs=report.macs, params=report.params, lr_size=report.lr_size, extras=report.extras,
+                     note="extras: ESA gates (see hdnas.cost)" if report.extras else "")
+
+
+def _from_genotype(make: Callable[..., Genotype]) -> tuple[Callable[..., nn.Module], Callable[..., ModelCost]]:
+    def build(scale: int, **kw) -> nn.Module:
+        from hdnas.network import DerivedNet
+
+        return DerivedNet(make(scale, **kw))
+
+    def cost(scale: int, hr_size: tuple[int, int] = HR_SIZE, **kw) -> ModelCost:
+        return genotype_cost(make(scale, **kw), hr_size)
+
+    return build, cost
+
+
+_rfdn_build, _rfdn_cost = _from_genotype(rfdn_genotype)
+_imdn_space_build, _imdn_space_cost = _from_genotype(imdn_space_genotype)
+
+REFERENCES: dict[str, Reference] = {
+    r.name: r
+    for r in (
+        Reference(
+            "rfdn",
+            "RFDN-style genotype: conv_3x3 refinement, chain, all cells fused, ESA (C=48, 6 cells; channels=... to resize)",
+            _rfdn_build,
+            _rfdn_cost,
+            rfdn_genotype,
+            {"paper": "Liu et al. 2020", "params_x4": "about 0.55M (C=48, 6 blocks)"},
+        ),
+        Reference(
+            "imdn",
+            "IMDN, faithful plain module: channel-split distillation, CCA (C=64, 6 blocks)",
+            lambda scale, **kw: IMDN(scale, **kw),
+            imdn_cost,
+            None,
+            {"paper": "Hui et al. 2019", "params_x4": 715_176, "macs_x4": "40.9G"},
+        ),
+        Reference(
+            "imdn_space",
+            "IMDN approximated in our space: conv_3x3, C=64, 6 cells, chain, all fused, no ESA (CCA inexpressible)",
+            _imdn_space_build,
+            _imdn_space_cost,
+            imdn_space_genotype,
+            {"note": "our cell lacks IMDN's channel split and CCA; use 'imdn' to compare with IMDN"},
+        ),
+        Reference(
+            "fsrcnn",
+            "FSRCNN(56, 12, 4) on Y with PReLU and a 9x9 deconvolution; chroma by bicubic",
+            lambda scale, **kw: build_fsrcnn(scale, **kw),
+            fsrcnn_cost,
+            None,
+            {"paper": "Dong et al. 2016", "params": "12,464 conv weights", "macs_paper": {"x2": "6.0G", "x3": "5.0G", "x4": "4.6G"}},
+        ),
+        Reference(
+            "bicubic",
+            "MATLAB bicubic upscaling (no parameters; 0 Multi-Adds by convention)",
+            lambda scale, **kw: Bicubic(scale),
+            lambda scale, hr_size=HR_SIZE, **kw: bicubic_cost(scale, hr_size),
+            None,
+        ),
+    )
+}
+
+
+def list_references() -> list[str]:
+    return list(REFERENCES)
+
+
+def _get(name: str) -> Reference:
+    try:
+        return REFERENCES[name]
+    except KeyError:
+        raise ConfigError(f"unknown reference net '{name}' (known: {', '.join(REFERENCES)})") from None
+
+
+def build_reference(name: str, scale: int, **kw) -> nn.Module:
+    """The reference net ``name`` at ×``scale`` as an ``nn.Module`` (LR RGB in [0, 1] -> SR RGB)."""
+    return _get(name).build(scale, **kw)
+
+
+def reference_genotype(name: str, scale: int, **kw) -> Genotype | None:
+    """The genotype of a reference expressible in our space, else None (plain modules)."""
+    make = _get(name).genotype
+    return None if make is None else make(scale, **kw)
+
+
+def reference_cost(name: str, scale: int, hr_size: tuple[int, int] = HR_SIZE, **kw) -> ModelCost:
+    """Exact Multi-Adds and parameters of ``build_reference(name, scale, **kw)`` at an HR output of ``hr_size``."""
+    return _get(name).cost(scale, hr_size, **kw)

@@ -1,0 +1,126 @@
+#!/usr/bin/env python
+"""Benchmarks: search speed, model size/speed, and the fixed-budget quality protocol.
+
+    python tools/benchmark.py --quick                              # every suite on tiny settings (~2 min)
+    python tools/benchmark.py --suite search                       # both spaces, x2/x4, batch 8, patch 32
+    python tools/benchmark.py --suite search --spaces dlsr --scales 2 --orders 1
+    python tools/benchmark.py --suite models --models rfdn imdn --scales 4
+    python tools/benchmark.py --suite quality --genotype derived/x4.json --model-index 0   # one model per command
+    python tools/benchmark.py --suite quality --minutes 30 --json runs/benchmark/quality30.json
+
+Results merge into --json (default runs/benchmark/benchmark.json, --quick: runs/benchmark/quick.json):
+a record replaces the one with the same key, so a suite can run piece by piece. Without --suite,
+the search and models suites run (quality trains for about an hour; ask for it by name).
+All logic lives in hdnas.benchmark; this file parses arguments and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+try:
+    import hdnas  # noqa: F401
+except ImportError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hdnas.errors import HdnasError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", nargs="+", choices=("search", "models", "quality"), help="suites to run (default: search models)")
+    p.add_argument("--json", metavar="OUT", help="results file to merge into")
+    p.add_argument("--quick", action="store_true", help="tiny settings: checks the harness, numbers are not meaningful")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's default)")
+    g = p.add_argument_group("search suite")
+    g.add_argument("--spaces", nargs="+", help="space names or YAML files (default: default dlsr)")
+    g.add_argument("--scales", nargs="+", type=int, help="scales (search default: 2 4; models default: 2 3 4)")
+    g.add_argument("--batch", type=int, help="batch (search default 8, quality default 16)")
+    g.add_argument("--patch", type=int, help="LR patch side (search default 32, quality default 32)")
+    g.add_argument("--orders", nargs="+", type=int, choices=(1, 2), help="architecture step orders (default: 1 2)")
+    g.add_argument("--mixed", nargs="+", choices=("fused", "plain"), help="MixedOp paths (default: fused plain)")
+    g.add_argument("--repeats", type=int, help="timed repeats (median reported; default 5)")
+    g.add_argument("--warmup", type=int, help="untimed warm-up runs (default 1)")
+    g.add_argument("--timeout", type=float, help="seconds allowed per search configuration (default 570)")
+    g = p.add_argument_group("models suite")
+    g.add_argument("--models", nargs="+", help="reference nets (default: rfdn imdn imdn_space fsrcnn bicubic)")
+    g.add_argument("--no-derived", action="store_true", help="skip derived/*.json")
+    g.add_argument("--hr-size", nargs=2, type=int, metavar=("H", "W"), help="latency output size (default 720 1280)")
+    g.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    g.add_argument("--compile-timeout", type=float, help="seconds allowed per compiled net (default 420)")
+    g.add_argument("--no-onnx", action="store_true", help="skip onnxruntime")
+    g = p.add_argument_group("quality suite")
+    g.add_argument("--genotype", nargs="+", help="searched genotype (quality; default derived/x4.json); "
+                                                 "models: extra genotypes to measure")
+    g.add_argument("--minutes", type=float, help="training minutes per model (default 8)")
+    g.add_argument("--data", nargs="+", metavar="DIR", help="training folders (default: T91 BSD200 under $HDNAS_DATA)")
+    g.add_argument("--eval", nargs="+", metavar="SET", help="evaluation sets (default: Set5 Set14)")
+    g.add_argument("--model-index", nargs="+", type=int, help="run only these models of the protocol (0 searched, "
+                                                              "1 RFDN-style, 2.. random)")
+    g.add_argument("--n-random", type=int, help="random genotypes (default 5)")
+    g.add_argument("--target-macs", help="Multi-Adds to match (default: the searched genotype's), e.g. 5G")
+    g.add_argument("--seed", type=int, help="seed (default 0)")
+    return p.parse_args(argv)
+
+
+def _set(cfg, **values) -> None:
+    for k, v in values.items():
+        if v is not None:
+            setattr(cfg, k, v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        import torch
+
+        from hdnas import benchmark as B
+        from hdnas.config import parse_count
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        suites = args.suite or (["search", "models", "quality"] if args.quick else ["search", "models"])
+        out = args.json or str(B.REPO_ROOT / "runs" / "benchmark" / ("quick.json" if args.quick else "benchmark.json"))
+
+        s = B.SearchBenchConfig.quick() if args.quick else B.SearchBenchConfig()
+        _set(s, spaces=args.spaces, scales=args.scales, batch=args.batch, patch=args.patch, orders=args.orders,
+             mixed=args.mixed, repeats=args.repeats, warmup=args.warmup, threads=args.threads or None,
+             timeout_s=args.timeout)
+
+        m = B.ModelsBenchConfig.quick() if args.quick else B.ModelsBenchConfig()
+        _set(m, models=args.models, scales=args.scales, repeats=args.repeats, warmup=args.warmup,
+             hr_size=tuple(args.hr_size) if args.hr_size else None, compile_timeout_s=args.compile_timeout,
+             threads=args.threads or None)
+        if "models" in suites and args.genotype:
+            m.genotypes = list(args.genotype)
+        if args.no_derived:
+            m.derived_dir = None
+        if args.no_compile:
+            m.compile = False
+        if args.no_onnx:
+            m.onnx = False
+
+        q = B.QualityBenchConfig.quick() if args.quick else B.QualityBenchConfig()
+        if args.genotype and len(args.genotype) > 1 and "quality" in suites:
+            raise B.BenchmarkError("--genotype: the quality suite takes one searched genotype")
+        _set(q, genotype=args.genotype[0] if args.genotype else None, minutes=args.minutes, data=args.data,
+             eval_sets=args.eval, model_index=args.model_index, n_random=args.n_random, seed=args.seed,
+             batch=args.batch, patch=args.patch, threads=args.threads or None,
+             target_macs=parse_count(args.target_macs, "--target-macs") if args.target_macs else None)
+        if args.scales and len(args.scales) == 1:
+            q.scale = args.scales[0]
+
+        B.run_suites(suites, out, s, m, q, quick=args.quick)
+    except HdnasError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; suites finished so far are in the results file", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""Train a found genotype into an upscaler: ``python tools/retrain.py --genotype derived/x4.json``.
+
+Examples:
+  python tools/retrain.py --genotype derived/x4.json                       # built-in photos, CPU defaults
+  python tools/retrain.py --genotype derived/x4.json --minutes 30          # fixed wall-clock budget
+  python tools/retrain.py --genotype derived/x2.json --config search_spaces/retrain_div2k.yaml --data /data/DIV2K
+  python tools/retrain.py --genotype derived/x4.json --resume              # continue a killed run
+  python tools/retrain.py --genotype derived/x4.json loss.importance.enabled=true teacher.weights=runs/big/best.pt
+  torchrun --nproc_per_node=2 tools/retrain.py --genotype derived/x4.json  # data-parallel, same global batch
+
+Writes best.pt and last.pt (atomic, weights_only-loadable) and TensorBoard logs to --out
+(default runs/<name>/). The logic lives in hdnas.train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+try:
+    import hdnas  # noqa: F401
+except ImportError:  # running from a source checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hdnas.errors import HdnasError  # noqa: E402
+
+
+def _list(values: list[str]) -> str:
+    return "[" + ",".join(f'"{v}"' for v in values) + "]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--genotype", help="genotype JSON to train (or 'genotype' in --config)")
+    p.add_argument("--config", help="run config YAML (sections: data, train, loss, ema, teacher)")
+    p.add_argument("--data", nargs="+", metavar="DIR",
+                   help="training folders or DIV2K roots (default: built-in sample set)")
+    p.add_argument("--val-data", nargs="+", metavar="DIR", help="validation folders (default: the source's val split)")
+    p.add_argument("--minutes", type=float, help="wall-clock budget; the run stops, validates and saves last.pt")
+    p.add_argument("--out", help="run folder (default: runs/<name>/)")
+    p.add_argument("--resume", action="store_true", help="continue from <run folder>/last.pt")
+    p.add_argument("--force", action="store_true", help="start over in a run folder that has a checkpoint")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to TensorBoard)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. train.steps=500 loss.dual.weight=0.2")
+    args = p.parse_args(argv)
+
+    from hdnas.train import load_retrain_config, run_retrain
+
+    extra = list(args.overrides)
+    if args.genotype:
+        extra.append(f"genotype={args.genotype}")
+    if args.data:
+        extra.append(f"data.paths={_list(args.data)}")
+    if args.val_data:
+        extra.append(f"data.val_paths={_list(args.val_data)}")
+    if args.minutes is not None:
+        extra.append(f"train.minutes={args.minutes}")
+    if args.seed is not None:
+        extra.append(f"seed={args.seed}")
+    try:
+        cfg = load_retrain_config(args.config, extra)
+        result = run_retrain(cfg, out=args.out, resume=args.resume, force=args.force, progress=not args.no_progress)
+    except HdnasError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: continue with --resume", file=sys.stderr)
+        return 130
+    if result is None:
+        return 0
+    budget = f"stopped at the {cfg.train.minutes or 0:g}-minute budget"
+    why = {"done": "finished", "time": budget}.get(result.stopped, "stopped")
+    print(f"{why} at step {result.step}/{cfg.train.steps} "
+          f"after {result.seconds:.0f} s")
+    print(f"validation PSNR-Y {result.val_psnr:.2f} dB, SSIM-Y {result.val_ssim:.4f} (best {result.best_psnr:.2f} dB "
+          f"at step {result.best_step}); bicubic {result.bicubic_psnr:.2f} dB")
+    print(f"checkpoints {result.run_dir / 'best.pt'}  {result.run_dir / 'last.pt'}")
+    print(f"logs        tensorboard --logdir {result.run_dir / 'tb'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

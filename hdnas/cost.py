@@ -8,7 +8,8 @@ One multiply-accumulate, counted at batch 1 for an HR output of 1280×720 (LR = 
 * every convolution: ``c_out · c_in/groups · k² · H_out·W_out`` (``hdnas.ops.conv_macs``; biases
   are not counted) — searched ops by the registry's formulas, every fixed conv (stem, distillation
   1×1s and 3×3, cell fusion 1×1, ESA's convs at their real reduced sizes, input-combination 1×1s,
-  fusion, body conv, upsampler conv) by the same formula;
+  fusion, body conv, upsampler conv, and the fixed 5×5 grouped conv of the bicubic image skip when
+  the upsampler has one: ``3·s²·25·H·W``) by the same formula;
 * ESA's bilinear upsampling: 4 per output value (each is a 4-tap weighted sum) — fvcore's rule too;
 * ESA's gate ``x · sigmoid(mask)``: 1 per element (C·H·W per live cell). This is the one genuine
   feature-map multiplication outside the convs; fvcore skips it (``aten::mul``).
@@ -109,14 +110,15 @@ def combine_cost(n_inputs: int, c: int, h: int, w: int) -> tuple[int, int]:
     return conv_macs(n_inputs * c, c, 1, h, w), conv_params(n_inputs * c, c, 1)
 
 
-def backbone_costs(c: int, scale: int, fused: int, h: int, w: int) -> dict[str, PartCost]:
-    """Stem, fusion (``fused`` cells -> C), body conv and upsampler conv."""
+def backbone_costs(c: int, scale: int, fused: int, h: int, w: int, upsampler: str = "pixelshuffle") -> dict[str, PartCost]:
+    """Stem, fusion (``fused`` cells -> C), body conv and upsampler conv (+ the fixed bicubic-skip conv)."""
     s2 = 3 * scale * scale
+    skip = conv_macs(3, s2, 5, h, w, groups=3) if upsampler == "pixelshuffle_bicubic" else 0
     return {
         "stem": PartCost(conv_macs(3, c, 3, h, w), conv_params(3, c, 3)),
         "fusion": PartCost(conv_macs(fused * c, c, 1, h, w), conv_params(fused * c, c, 1)),
         "body": PartCost(conv_macs(c, c, 3, h, w), conv_params(c, c, 3)),
-        "upsampler": PartCost(conv_macs(c, s2, 3, h, w), conv_params(c, s2, 3)),
+        "upsampler": PartCost(conv_macs(c, s2, 3, h, w) + skip, conv_params(c, s2, 3)),
     }
 
 
@@ -125,7 +127,7 @@ def count(genotype: Genotype, hr_size: tuple[int, int] = HR_SIZE) -> CostReport:
     """Exact Multi-Adds (at LR = hr_size // scale) and parameters of ``DerivedNet(genotype)``."""
     h, w = lr_size_for(genotype.scale, hr_size)
     c = genotype.channels
-    parts = backbone_costs(c, genotype.scale, len(genotype.fusion), h, w)
+    parts = backbone_costs(c, genotype.scale, len(genotype.fusion), h, w, genotype.upsampler)
     extras = 0
     for i in genotype.live_cells():
         cell = genotype.cells[i - 1]
@@ -192,12 +194,13 @@ def _space_key(space: SearchSpace) -> tuple:
         space.esa,
         space.cell_inputs,
         space.fusion_cells,
+        space.upsampler,
     )
 
 
 @functools.lru_cache(maxsize=64)
 def _cost_table(key: tuple, hr_size: tuple[int, int]) -> CostTable:
-    scale, c, n, steps, ops, esa, k, m = key
+    scale, c, n, steps, ops, esa, k, m, up = key
     h, w = lr_size_for(scale, hr_size)
     op_macs = tuple(get_op(o).macs(c, c, h, w) for o in ops)
     space = SearchSpace(scale=scale, channels=c, cells=n, steps=steps, ops=list(ops), esa=esa, cell_inputs=k, fusion_cells=m)
@@ -206,7 +209,7 @@ def _cost_table(key: tuple, hr_size: tuple[int, int]) -> CostTable:
         op_macs_list=op_macs,
         cell_fixed=cell_shell_cost(c, steps, esa, h, w)[0],
         combine=tuple(combine_cost(space.inputs_kept(i), c, h, w)[0] for i in range(1, n + 1)),
-        backbone=sum(p.macs for p in backbone_costs(c, scale, m, h, w).values()),
+        backbone=sum(p.macs for p in backbone_costs(c, scale, m, h, w, up).values()),
     )
 
 

@@ -28,7 +28,6 @@ class DerivedNet(nn.Module):
         self.scale = genotype.scale
         self.live: list[int] = genotype.live_cells()
         self.sub_mean = MeanShift(-1)
-        self.add_mean = MeanShift(+1)
         self.stem = conv3x3(3, c)
         self.cells = nn.ModuleDict()
         self.combine = nn.ModuleDict()  # 1×1 conv over concatenated inputs, for cells with >1 input
@@ -39,7 +38,7 @@ class DerivedNet(nn.Module):
                 self.combine[f"cell{i}"] = conv1x1(len(cell.inputs) * c, c)
         self.fusion = conv1x1(len(genotype.fusion) * c, c)
         self.body = conv3x3(c, c)
-        self.upsampler = Upsampler(c, genotype.scale)
+        self.upsampler = Upsampler(c, genotype.scale, genotype.upsampler)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         outs: dict[int, torch.Tensor] = {0: self.stem(self.sub_mean(lr))}
@@ -53,7 +52,7 @@ class DerivedNet(nn.Module):
             outs[i] = self.cells[name](x)
         fused = lrelu(self.fusion(torch.cat([outs[j] for j in self.genotype.fusion], dim=1)))
         body = self.body(fused) + outs[0]
-        return self.add_mean(self.upsampler(body))
+        return self.upsampler(body, lr)
 
 
 def build_network(genotype: Genotype) -> DerivedNet:

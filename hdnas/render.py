@@ -286,13 +286,18 @@ def render_network(genotype: Genotype) -> graphviz.Digraph:
         g.edge(f"o{n}", "fusion", style="invis", weight="4")
     g.node("body", **_box("conv 3×3", f"{c}→{c}"))
     g.node("add", "+", shape="circle", width="0.35", fixedsize="true", fontsize="16", fillcolor="white")
-    g.node("up", **_box(f"upsampler ×{s}", f"conv 3×3 {c}→{3 * s * s}", f"PixelShuffle({s})"))
+    bicubic = genotype.upsampler == "pixelshuffle_bicubic"
+    up_lines = [f"conv 3×3 {c}→{3 * s * s}"] + (["+ bicubic ×" + str(s) + " of LR"] if bicubic else []) + [f"PixelShuffle({s})"]
+    g.node("up", **_box(f"upsampler ×{s}", *up_lines))
     g.node("sr", f"SR image (×{s})", shape="box", style="filled", fillcolor="white", color="#888888")
     g.edge("fusion", "body")
     g.edge("body", "add")
     g.edge("o0", "add", style="dashed", color="#888888", label="long skip", fontcolor="#666666", constraint="false")
     g.edge("add", "up")
     g.edge("up", "sr")
+    if bicubic:
+        g.edge("lr", "up", style="dashed", color="#888888", label="bicubic skip", fontcolor="#666666",
+               constraint="false")
     return g
 
 

@@ -59,7 +59,7 @@ class DataConfig:
 
 @dataclass
 class SearchOptions:
-    epochs: int = 12
+    epochs: int = 10
     steps_per_epoch: int = 40
     warmup_epochs: int = 2  # weights only, so α does not lock onto the ops that train fastest
     order: int = 1  # 1: first-order DARTS; 2: unrolled, finite-difference Hessian-vector product

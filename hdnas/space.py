@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 from hdnas.config import ConfigError, from_dict, merge, parse_overrides, read_yaml
 from hdnas.ops import DEFAULT_OPS, OPS
 
-UPSAMPLERS = ("pixelshuffle",)
+UPSAMPLERS = ("pixelshuffle", "pixelshuffle_bicubic")
 SCALES = (2, 3, 4)
 
 
@@ -32,7 +32,7 @@ class SearchSpace:
     shared_alpha: bool = False  # one α for all cells (reference code) or one per cell
     cell_inputs: int = 1  # k: earlier outputs kept per cell when deriving
     fusion_cells: int = 3  # m: cell outputs kept for the final fusion when deriving
-    upsampler: str = "pixelshuffle"
+    upsampler: str = "pixelshuffle_bicubic"  # plain "pixelshuffle" or with a global bicubic image skip
 
     def validate(self) -> None:
         if self.scale not in SCALES:

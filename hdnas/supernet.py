@@ -186,12 +186,11 @@ class SuperNet(nn.Module):
         self.channels_last = channels_last
         n, k, c = space.cells, space.steps, space.channels
         self.sub_mean = MeanShift(-1)
-        self.add_mean = MeanShift(+1)
         self.stem = conv3x3(3, c)
         self.cells = nn.ModuleList(SearchCell(space, fused) for _ in range(n))
         self.fusion = conv1x1(n * c, c)
         self.body = conv3x3(c, c)
-        self.upsampler = Upsampler(c, space.scale)
+        self.upsampler = Upsampler(c, space.scale, space.upsampler)
         self.alpha = nn.Parameter(1e-3 * torch.randn(1 if space.shared_alpha else n, k, len(space.ops)))
         self.beta_inputs = nn.ParameterList(nn.Parameter(1e-3 * torch.randn(i)) for i in range(2, n + 1))
         self.beta_fusion = nn.Parameter(1e-3 * torch.randn(n))
@@ -254,4 +253,4 @@ class SuperNet(nn.Module):
         else:
             mixed = self.fusion(torch.cat([w[j] * outs[j + 1] for j in range(len(self.cells))], dim=1))
         body = self.body(lrelu(mixed)) + outs[0]
-        return self.add_mean(self.upsampler(body))
+        return self.upsampler(body, lr)

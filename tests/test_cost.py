@@ -154,12 +154,14 @@ def test_cost_bounds(shared):
         channels=16,
         cells=[CellGenotype([cheap] * 2, list(range(sp.inputs_kept(i)))) for i in range(1, n + 1)],
         fusion=list(range(1, m + 1)),
+        upsampler=sp.upsampler,
     )
     dearest = Genotype(
         scale=3,
         channels=16,
         cells=[CellGenotype([dear] * 2, list(range(i - sp.inputs_kept(i), i))) for i in range(1, n + 1)],
         fusion=list(range(n - m + 1, n + 1)),
+        upsampler=sp.upsampler,
     )
     assert count(cheapest).macs == lo
     assert count(dearest).macs == hi

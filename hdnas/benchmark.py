@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hdnas.atomic import atomic_write_json, json_safe
 from hdnas.config import format_count
 from hdnas.cost import HR_SIZE
 from hdnas.errors import HdnasError
@@ -202,16 +203,7 @@ def current_rss_mib() -> float | None:
 # ================================================================================================
 # results file
 # ================================================================================================
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+_json_safe = json_safe
 
 
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
@@ -257,20 +249,8 @@ def merge_suite(
 
 
 def write_results(path: str | os.PathLike, results: dict[str, Any]) -> Path:
-    """Atomic write (temp file + ``os.replace``): an interrupted suite never truncates earlier results."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(_json_safe(results), fh, indent=2, allow_nan=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Atomic write: an interrupted suite never truncates earlier results."""
+    return atomic_write_json(path, results)
 
 
 def _run_info(config: Any) -> dict[str, Any]:

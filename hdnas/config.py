@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from dataclasses import dataclass, field
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, Mapping, Optional, Sequence, TypeVar
 
 import yaml
 
@@ -134,6 +135,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
             f"unknown config key '{where}{unknown[0]}' (known keys{(' of ' + prefix) if prefix else ''}: "
             f"{', '.join(sorted(names))})"
         )
+    for f in dataclasses.fields(cls):
+        # a partial section keeps the defaults of the enclosing config (e.g. search's data.val_fraction)
+        if f.name in data and isinstance(data[f.name], Mapping) and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+            if dataclasses.is_dataclass(default):
+                data[f.name] = merge(to_dict(default), data[f.name])
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
@@ -214,3 +221,44 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
         if path:
             raise ConfigError(f"{path}: {exc}") from None
         raise
+
+
+@dataclass
+class DataConfig:
+    """Where images come from (search and retraining alike); empty ``paths``: the built-in sample set."""
+
+    paths: list[str] = field(default_factory=list)
+    val_paths: list[str] = field(default_factory=list)  # empty: the source's val split, else held-out images
+    patch: int = 24  # LR patch side
+    batch: int = 16  # global batch, split evenly over processes
+    augment: bool = True  # flips and 90° rotations
+    val_fraction: float = 0.1  # held out when the source has no separate val split
+    val_max_images: int = 0  # validate on the first N images only; 0: all
+    val_tile: Optional[int] = None  # LR tile side for validation forwards; None: whole images
+
+    def validate(self) -> None:
+        if self.patch < 8:
+            raise ConfigError(f"data.patch: expected at least 8 (LR pixels), got {self.patch}")
+        if self.batch < 1:
+            raise ConfigError(f"data.batch: expected at least 1, got {self.batch}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction: expected a fraction in (0, 1), got {self.val_fraction}")
+        if self.val_max_images < 0:
+            raise ConfigError(f"data.val_max_images: expected 0 (all) or more, got {self.val_max_images}")
+
+
+def first_difference(a: Any, b: Any, prefix: str = "", ignore: frozenset[str] | set[str] = frozenset()):
+    """The first dotted key where two plain config dicts differ: ``(key, a_value, b_value)``, or None.
+
+    Used to refuse a ``--resume`` whose config changed, naming the field; ``ignore`` lists keys that
+    may change between a run and its resumption (device, thread count, ...).
+    """
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            d = first_difference(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k, ignore)
+            if d is not None:
+                return d
+        return None
+    if prefix in ignore:
+        return None
+    return None if a == b else (prefix, a, b)

@@ -10,6 +10,7 @@ cells are listed in ascending order. Provenance is left empty: the search fills 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -88,3 +89,75 @@ def random_genotype(space: SearchSpace, rng: random.Random | int | None = None) 
     return Genotype(
         scale=space.scale, channels=space.channels, cells=cells, fusion=fusion, esa=space.esa, upsampler=space.upsampler
     )
+
+
+@dataclass
+class BudgetDerivation:
+    genotype: Genotype
+    argmax_macs: int  # exact Multi-Adds of the plain argmax derivation
+    macs: int  # exact Multi-Adds of the returned genotype
+    swaps: list[str]  # op changes made to land in the budget band, in order
+
+
+def derive_within_budget(
+    supernet_or_probs,
+    space: SearchSpace,
+    budget: float,
+    tolerance: float = 0.10,
+    hr_size: tuple[int, int] = (720, 1280),
+) -> BudgetDerivation:
+    """Argmax derivation, then the fewest, least regretted op swaps that bring the exact cost into the band.
+
+    The penalty steers the *expected* cost to the budget, but argmax over soft α can land off it
+    (the expected cost averages ops the argmax drops). This projection changes one op at a time —
+    the swap with the smallest loss in log-probability per unit of log-cost brought back toward the
+    budget — until the exact Multi-Adds are within ``tolerance`` of ``budget``, or no swap helps.
+    Shared α changes a step in every cell at once. Network-level choices (β) are kept.
+    """
+    import math
+
+    from hdnas.cost import count
+
+    probs = _probs_of(supernet_or_probs)
+    geno = derive(probs, space)
+    first = count(geno, hr_size).macs
+    alpha = probs.alpha
+    shared = len(alpha) == 1
+    swaps: list[str] = []
+
+    def logp(row_cell: int, step: int, op: str) -> float:
+        row = alpha[0 if shared else row_cell - 1][step]
+        return math.log(max(float(row[space.ops.index(op)]), 1e-12))
+
+    macs = first
+    for _ in range(space.cells * space.steps * len(space.ops)):
+        if (1 - tolerance) * budget <= macs <= (1 + tolerance) * budget:
+            break
+        gap = math.log(macs / budget)
+        best = None
+        live = geno.live_cells()
+        targets = [[1]] if shared else [[i] for i in live]
+        for group in targets:
+            cells = live if shared else group
+            for k in range(space.steps):
+                cur = geno.cells[cells[0] - 1].ops[k]
+                for op in space.ops:
+                    if op == cur:
+                        continue
+                    trial = Genotype(**{**geno.__dict__, "cells": [CellGenotype(list(c.ops), list(c.inputs)) for c in geno.cells]})
+                    for i in (range(1, space.cells + 1) if shared else cells):
+                        trial.cells[i - 1].ops[k] = op
+                    new = count(trial, hr_size).macs
+                    gain = abs(gap) - abs(math.log(new / budget))
+                    if gain <= 1e-12:
+                        continue
+                    regret = logp(cells[0], k, cur) - logp(cells[0], k, op)
+                    score = max(regret, 0.0) / gain
+                    if best is None or score < best[0]:
+                        best = (score, trial, new, f"cell{'s' if shared else ''} {cells if shared else cells[0]} step {k + 1}: {cur} -> {op}")
+        if best is None:
+            break
+        _, geno, macs, note = best
+        swaps.append(note)
+    geno.validate()
+    return BudgetDerivation(geno, first, macs, swaps)

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 
+from hdnas.atomic import atomic_write_json
 from hdnas.data.datasets import SRImageSet
 from hdnas.data.imresize import imresize, imresize_uint8, to_uint8
 from hdnas.metrics import psnr_on_levels, psnr_y_batch, rgb_to_y, ssim_on_levels, ssim_y_batch
@@ -158,33 +159,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _json_safe(obj: Any) -> Any:
-    """Non-finite floats -> None: strict JSON (jq, browsers) rejects ``Infinity``."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON to a temporary file in the same folder, then ``os.replace`` it into place.
+    """JSON written atomically (non-finite floats as null): a crash leaves the previous file intact."""
+    atomic_write_json(path, obj)
 
-    A reader never sees a half-written file, and a crash leaves the previous file intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_json_safe(obj), f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

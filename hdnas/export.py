@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hdnas.atomic import atomic_path
 from hdnas.blocks import ESA, ESA_POOL_KERNEL, ESA_POOL_STRIDE
 from hdnas.errors import HdnasError
 
@@ -75,21 +76,9 @@ def min_side(model: nn.Module) -> int:
 
 def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Run ``write(tmp)`` then move the file into place, so a failed export leaves no half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an exported model is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        write(str(tmp))
+    return Path(path)
 
 
 def _sample(size: tuple[int, int], seed: int, batch: int = 1) -> torch.Tensor:

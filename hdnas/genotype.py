@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hdnas.atomic import atomic_write_text
 from hdnas.errors import ConfigError
 from hdnas.ops import OPS
 from hdnas.space import SCALES, UPSAMPLERS
@@ -91,17 +91,7 @@ class Genotype:
         path = Path(path)
         if path.exists() and not force:
             raise ConfigError(f"{path}: exists; pass --force to overwrite")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(self.to_json())
-                fh.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(path, self.to_json() + "\n")
         return path
 
     def to_networkx(self):

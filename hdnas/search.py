@@ -25,7 +25,18 @@ import torch.nn.functional as F
 
 from hdnas.architect import Architect
 from hdnas.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
-from hdnas.config import ConfigError, format_count, from_dict, merge, parse_count, parse_overrides, read_yaml, to_dict
+from hdnas.config import (
+    ConfigError,
+    DataConfig,
+    first_difference,
+    format_count,
+    from_dict,
+    merge,
+    parse_count,
+    parse_overrides,
+    read_yaml,
+    to_dict,
+)
 from hdnas.distributed import DistContext, init_distributed
 from hdnas.errors import HdnasError
 from hdnas.space import SearchSpace
@@ -38,29 +49,9 @@ class SearchError(HdnasError):
 
 
 @dataclass
-class DataConfig:
-    """Where images come from; empty ``paths`` means the built-in sample set (no download)."""
-
-    paths: list[str] = field(default_factory=list)
-    val_paths: list[str] = field(default_factory=list)  # empty: held-out images of the training source
-    patch: int = 24  # LR patch side
-    batch: int = 16  # global batch, split evenly over processes
-    val_fraction: float = 0.2  # share of training-source images held out for validation when no val_paths
-    val_max_images: int = 8
-
-    def validate(self) -> None:
-        if self.patch < 8:
-            raise ConfigError(f"data.patch: expected at least 8 (LR pixels), got {self.patch}")
-        if self.batch < 1:
-            raise ConfigError(f"data.batch: expected at least 1, got {self.batch}")
-        if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"data.val_fraction: expected a fraction in (0, 1), got {self.val_fraction}")
-
-
-@dataclass
 class SearchOptions:
     epochs: int = 10
-    steps_per_epoch: int = 40
+    steps_per_epoch: int = 32
     warmup_epochs: int = 2  # weights only, so α does not lock onto the ops that train fastest
     order: int = 1  # 1: first-order DARTS; 2: unrolled, finite-difference Hessian-vector product
     w_optimizer: str = "adam"
@@ -76,6 +67,8 @@ class SearchOptions:
     budget: Optional[str] = None  # Multi-Adds at 1280×720 output, e.g. "18G"; None: no penalty
     penalty_weight: float = 1.0
     fused: bool = True  # fused mixed ops (same mathematics, faster)
+    budget_derivation: bool = True  # final derivation swaps the fewest, least likely ops to land in the band
+    derive_tolerance: float = 0.10  # the band: exact Multi-Adds within ±tolerance of the budget
     val_every: int = 1  # epochs
 
     def validate(self) -> None:
@@ -93,6 +86,8 @@ class SearchOptions:
             raise ConfigError(f"search.w_optimizer: expected 'adam' or 'sgd', got '{self.w_optimizer}'")
         if len(self.a_betas) != 2:
             raise ConfigError(f"search.a_betas: expected two numbers, got {self.a_betas}")
+        if not 0 < self.derive_tolerance < 1:
+            raise ConfigError(f"search.derive_tolerance: expected a fraction in (0, 1), got {self.derive_tolerance}")
         if self.budget is not None:
             b = parse_count(self.budget, "search.budget")
             if b <= 0:
@@ -111,7 +106,7 @@ class SearchConfig:
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     runs_dir: str = "runs"
     space: SearchSpace = field(default_factory=SearchSpace)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(val_fraction=0.2, val_max_images=8))
     search: SearchOptions = field(default_factory=SearchOptions)
 
     def run_name(self) -> str:
@@ -126,15 +121,21 @@ def load_search_config(
     space: str | os.PathLike | None = None,
     overrides: list[str] | dict = (),
 ) -> SearchConfig:
-    """defaults <- ``--space`` file (the space section) <- ``--config`` file <- overrides."""
+    """defaults <- ``--space`` file <- ``--config`` file <- overrides.
+
+    A config's ``space`` may be a mapping of space fields or the path of a space YAML (relative to
+    the config file), so one file such as ``dlsr_div2k.yaml`` names a whole paper-scale experiment.
+    """
     data: dict = {}
     if space:
-        try:
-            data["space"] = read_yaml(space)
-        except ConfigError:
-            raise
+        data["space"] = read_yaml(space)
     if config:
-        data = merge(data, read_yaml(config))
+        cfg_data = read_yaml(config)
+        if isinstance(cfg_data.get("space"), str):
+            ref = Path(cfg_data["space"])
+            ref = ref if ref.is_absolute() or ref.exists() else Path(config).parent / ref
+            cfg_data["space"] = read_yaml(ref)
+        data = merge(data, cfg_data)
     extra = parse_overrides(overrides) if not isinstance(overrides, dict) else overrides
     data = merge(data, extra)
     try:
@@ -171,10 +172,10 @@ class SearchData:
         parts = split_train_val(list(range(len(images))), n_val=n_val, seed=seed)
         if val is None:
             val = images.subset(parts.val, name=f"{images.name} (held out)")
-        self.val = val.subset(range(min(len(val), cfg.val_max_images)))
+        self.val = val.subset(range(min(len(val), cfg.val_max_images or len(val))))
         self.halves = {
-            "w": PatchDataset(images.subset(parts.weights), cfg.patch, 1, seed=seed, skip_small=True),
-            "a": PatchDataset(images.subset(parts.arch), cfg.patch, 1, seed=seed, skip_small=True),
+            "w": PatchDataset(images.subset(parts.weights), cfg.patch, 1, seed=seed, augment=cfg.augment, skip_small=True),
+            "a": PatchDataset(images.subset(parts.arch), cfg.patch, 1, seed=seed, augment=cfg.augment, skip_small=True),
         }
         self.description = (
             f"{images.name}: {len(parts.weights)} images for weights, {len(parts.arch)} for the architecture, "
@@ -218,6 +219,8 @@ class SearchResult:
     val_psnr: float
     bicubic_psnr: float
     history: list[dict]
+    argmax_macs: int | None = None  # exact cost of the plain argmax genotype (before any budget swaps)
+    swaps: list[str] = field(default_factory=list)
 
 
 class Searcher:
@@ -293,7 +296,7 @@ class Searcher:
             raise SearchError(f"{self.ckpt_path}: not an hdnas search checkpoint")
         saved = json.loads(state["config"])
         now = to_dict(self.cfg)
-        diff = _first_difference(saved, now)
+        diff = first_difference(saved, now)
         if diff is not None:
             raise SearchError(
                 f"{self.ckpt_path}: --resume with a different config: '{diff[0]}' was {diff[1]!r} in the checkpoint, "
@@ -433,11 +436,18 @@ class Searcher:
         return self._result()
 
     def _result(self) -> SearchResult:
-        from hdnas.derive import derive
+        from hdnas import cost
+        from hdnas.derive import derive, derive_within_budget
 
-        geno = derive(self.model, self.cfg.space)
+        opts = self.cfg.search
         val = self.history[-1]["val_psnr"] if self.history else float("nan")
-        return SearchResult(geno, self.run_dir, val, self.data.bicubic_psnr(), self.history)
+        if self.budget is not None and opts.budget_derivation:
+            res = derive_within_budget(self.model, self.cfg.space, self.budget, opts.derive_tolerance, HR_SIZE)
+            geno, argmax_macs, swaps = res.genotype, res.argmax_macs, res.swaps
+        else:
+            geno = derive(self.model, self.cfg.space)
+            argmax_macs, swaps = cost.count(geno, HR_SIZE).macs, []
+        return SearchResult(geno, self.run_dir, val, self.data.bicubic_psnr(), self.history, argmax_macs, swaps)
 
     # -- validation and logging -----------------------------------------------------------------
     @torch.no_grad()
@@ -489,6 +499,10 @@ class Searcher:
             png = render.render_png_bytes(render.render_network(geno))
             if png is not None:
                 w.add_image("arch/derived_network", _png_to_chw(png), step)
+            for group in render.distinct_cells(geno):
+                png = render.render_png_bytes(render.render_cell(geno, group[0]))
+                if png is not None:
+                    w.add_image(f"arch/derived_cell_{group[0]}", _png_to_chw(png), step)
             png = render.render_png_bytes(render.render_supernet(probs, self.cfg.space))
             if png is not None:
                 w.add_image("arch/supernet", _png_to_chw(png), step)
@@ -515,16 +529,6 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            d = _first_difference(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
-            if d is not None:
-                return d
-        return None
-    return None if a == b else (prefix, a, b)
-
-
 def provenance(cfg: SearchConfig, result: SearchResult, report, command: list[str] | None = None) -> dict:
     """What a reader needs to trust and reproduce a genotype."""
     import hdnas
@@ -540,6 +544,8 @@ def provenance(cfg: SearchConfig, result: SearchResult, report, command: list[st
         "multi_adds_at": "1280x720 output",
         "params": report.params,
         "budget": cfg.search.budget_macs,
+        "argmax_multi_adds": result.argmax_macs,
+        "budget_swaps": result.swaps,
         "expected_multi_adds": result.history[-1]["expected_macs"] if result.history else None,
         "val_psnr": result.val_psnr,
         "val_psnr_bicubic": result.bicubic_psnr,

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from hdnas.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
-from hdnas.config import ConfigError, from_dict, merge, parse_overrides, read_yaml, to_dict
+from hdnas.config import ConfigError, DataConfig, first_difference, from_dict, merge, parse_overrides, read_yaml, to_dict
 from hdnas.data import PatchDataset, SRImageSet, build_dataset, find_pairs
 from hdnas.distributed import DistContext, init_distributed
 from hdnas.dual import DualModel
@@ -53,26 +53,7 @@ class TrainError(HdnasError):
 # ------------------------------------------------------------------------------------------ config
 
 
-@dataclass
-class RetrainData:
-    """Training patches and validation images; empty ``paths``: the built-in sample set."""
-
-    paths: list[str] = field(default_factory=list)
-    val_paths: list[str] = field(default_factory=list)  # empty: the source's val split, else held-out images
-    patch: int = 24  # LR patch side
-    batch: int = 16  # global batch, split evenly over processes
-    augment: bool = True  # flips and 90° rotations
-    val_fraction: float = 0.1  # held out when the source has no separate val split
-    val_max_images: int = 0  # validate on the first N images only; 0: all
-    val_tile: Optional[int] = None  # LR tile side for validation forwards; None: whole images
-
-    def validate(self) -> None:
-        if self.patch < 8:
-            raise ConfigError(f"data.patch: expected at least 8 (LR pixels), got {self.patch}")
-        if self.batch < 1:
-            raise ConfigError(f"data.batch: expected at least 1, got {self.batch}")
-        if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"data.val_fraction: expected a fraction in (0, 1), got {self.val_fraction}")
+RetrainData = DataConfig  # one data section for search and retraining
 
 
 @dataclass
@@ -233,18 +214,6 @@ def load_model(
     except RuntimeError as exc:
         raise TrainError(f"{path}: weights do not fit the genotype: {str(exc).splitlines()[0]}") from None
     return net.eval(), genotype
-
-
-def _first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            d = _first_difference(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
-            if d is not None:
-                return d
-        return None
-    if prefix in RESUME_FREE:
-        return None
-    return None if a == b else (prefix, a, b)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -451,7 +420,7 @@ class Trainer:
         why = genotype_mismatch(state["genotype"], self.genotype)
         if why is not None:
             raise TrainError(f"{where}: {why}")
-        diff = _first_difference(json.loads(state["config"]), to_dict(self.cfg))
+        diff = first_difference(json.loads(state["config"]), to_dict(self.cfg), ignore=RESUME_FREE)
         if diff is not None:
             raise TrainError(f"{where}: --resume with a different config: '{diff[0]}' was {diff[1]!r} in the "
                              f"checkpoint, now {diff[2]!r}")

@@ -96,3 +96,28 @@ def test_random_genotype(shared):
         if shared:
             assert all(c.ops == g.cells[0].ops for c in g.cells)
     assert len({random_genotype(sp, s).to_json() for s in range(10)}) > 1
+
+
+def test_derive_within_budget_lands_in_band_with_few_swaps():
+    import torch
+
+    from hdnas.cost import cost_bounds, count
+    from hdnas.derive import derive, derive_within_budget
+    from hdnas.supernet import SuperNet
+
+    torch.manual_seed(0)
+    for shared in (False, True):
+        # all cells fused, so every cell is live and op swaps alone span the whole cost range
+        sp = SearchSpace(scale=4, channels=16, cells=3, steps=2, fusion_cells=3, shared_alpha=shared)
+        net = SuperNet(sp)
+        with torch.no_grad():
+            net.alpha.normal_(0, 1)
+        lo, hi = cost_bounds(sp)
+        plain = count(derive(net, sp)).macs
+        for budget in (lo * 1.5, (lo + hi) / 2, hi * 0.8):
+            res = derive_within_budget(net, sp, budget, tolerance=0.1)
+            assert res.argmax_macs == plain
+            assert res.macs == count(res.genotype).macs
+            assert 0.9 * budget <= res.macs <= 1.1 * budget, (shared, budget, res.macs, res.swaps)
+            if 0.9 * budget <= plain <= 1.1 * budget:
+                assert res.swaps == []

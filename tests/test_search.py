@@ -188,3 +188,13 @@ def test_cli_bad_budget_exits_2_with_message(tmp_path, images):
     assert proc.returncode == 2
     assert "error:" in out and "outside what this space can reach" in out
     assert not (tmp_path / "x.json").exists()
+
+
+def test_shipped_configs_load_and_default_space_matches_its_yaml():
+    from hdnas.space import SearchSpace, load_space
+
+    assert load_space(REPO / "search_spaces" / "default.yaml") == SearchSpace()
+    paper = load_search_config(REPO / "search_spaces" / "dlsr_div2k.yaml")
+    assert paper.space == load_space(REPO / "search_spaces" / "dlsr.yaml")
+    cpu = load_search_config(REPO / "search_spaces" / "search_cpu.yaml")
+    assert cpu.search == load_search_config().search and cpu.data == load_search_config().data

@@ -4,7 +4,7 @@
 Examples:
   python tools/search.py --scale 4                                  # built-in data, default space (CPU, minutes)
   python tools/search.py --scale 4 --budget 10G --out derived/x4_10G.json
-  python tools/search.py --scale 2 --space search_spaces/dlsr.yaml --config search_spaces/dlsr_div2k.yaml --data /data/DIV2K
+  python tools/search.py --scale 2 --config search_spaces/dlsr_div2k.yaml --data /data/DIV2K   # paper scale (GPU)
   torchrun --nproc_per_node=2 tools/search.py --scale 4             # data-parallel (gloo on CPU, NCCL on GPU)
   python tools/search.py --scale 4 --resume                         # continue a killed run
 """
@@ -27,7 +27,7 @@ from hdnas.errors import HdnasError  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", type=int, choices=(2, 3, 4), help="upscaling factor (default: the space's, 4)")
-    p.add_argument("--space", default="search_spaces/default.yaml", help="search-space YAML (default: %(default)s)")
+    p.add_argument("--space", help="search-space YAML (default: the built-in default space = search_spaces/default.yaml)")
     p.add_argument("--config", help="run config YAML (sections: data, search; top-level name, seed, device)")
     p.add_argument("--data", nargs="+", metavar="DIR", help="HR image folders or DIV2K roots (default: built-in sample set)")
     p.add_argument("--val-data", nargs="+", metavar="DIR", help="validation folders (default: held-out training images)")
@@ -54,10 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None:
         extra.append(f"seed={args.seed}")
     try:
-        space = args.space
-        if space == p.get_default("space") and not Path(space).exists():  # run from another folder
-            space = str(Path(__file__).resolve().parents[1] / space)
-        cfg = load_search_config(args.config, space, extra)
+        cfg = load_search_config(args.config, args.space, extra)
         out = args.out or f"derived/x{cfg.space.scale}.json"
         outcome = run_search(cfg, out, force=args.force, resume=args.resume, progress=not args.no_progress,
                              command=["python", "tools/search.py", *(argv if argv is not None else sys.argv[1:])])
@@ -79,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Multi-Adds {format_count(prov['multi_adds'])} at 1280x720 output"
           + (f" (budget {format_count(budget)}, {100 * (prov['multi_adds'] / budget - 1):+.1f}%)" if budget else "")
           + f"   params {format_count(prov['params'])}")
+    if budget and prov.get("budget_swaps"):
+        print(f"  argmax derivation {format_count(prov['argmax_multi_adds'])} "
+              f"({100 * (prov['argmax_multi_adds'] / budget - 1):+.1f}%); {len(prov['budget_swaps'])} op swap(s) "
+              f"to land within ±{100 * prov['config']['search']['derive_tolerance']:.0f}%: " + "; ".join(prov["budget_swaps"]))
     print(f"validation PSNR-Y {prov['val_psnr']:.2f} dB (supernet)  vs bicubic {prov['val_psnr_bicubic']:.2f} dB")
     if outcome.drawings:
         print("drawings  " + "  ".join(str(d) for d in outcome.drawings if str(d).endswith(".png")))

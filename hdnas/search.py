@@ -13,7 +13,6 @@ import datetime as _dt
 import json
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -66,6 +65,12 @@ class SearchOptions:
     unrolled_lr: Optional[float] = None  # ξ of the virtual step; default w_lr
     budget: Optional[str] = None  # Multi-Adds at 1280×720 output, e.g. "18G"; None: no penalty
     penalty_weight: float = 1.0
+    # The penalty's expected cost is taken over softmax(α/τ), τ annealed geometrically from
+    # tau_start to tau_end over the architecture epochs: at τ = 1 it averages ops that argmax will
+    # drop (L1 can favour the dearest op while cheap ones keep the average at the budget); as τ falls
+    # it approaches the cost of the architecture that will actually be derived.
+    penalty_tau_start: float = 1.0
+    penalty_tau_end: float = 0.1
     fused: bool = True  # fused mixed ops (same mathematics, faster)
     budget_derivation: bool = True  # final derivation swaps the fewest, least likely ops to land in the band
     derive_tolerance: float = 0.10  # the band: exact Multi-Adds within ±tolerance of the budget
@@ -86,6 +91,11 @@ class SearchOptions:
             raise ConfigError(f"search.w_optimizer: expected 'adam' or 'sgd', got '{self.w_optimizer}'")
         if len(self.a_betas) != 2:
             raise ConfigError(f"search.a_betas: expected two numbers, got {self.a_betas}")
+        if not (0 < self.penalty_tau_end <= self.penalty_tau_start):
+            raise ConfigError(
+                f"search.penalty_tau_end: expected 0 < tau_end <= tau_start ({self.penalty_tau_start}), "
+                f"got {self.penalty_tau_end}"
+            )
         if not 0 < self.derive_tolerance < 1:
             raise ConfigError(f"search.derive_tolerance: expected a fraction in (0, 1), got {self.derive_tolerance}")
         if self.budget is not None:
@@ -262,7 +272,7 @@ class Searcher:
         space = cfg.space
         self.architect = Architect(
             self.model,
-            cost_fn=lambda: cost.expected_macs(space, self.model.arch_probs(), HR_SIZE),
+            cost_fn=lambda: cost.expected_macs(space, self.model.arch_probs(self.penalty_tau), HR_SIZE),
             budget=self.budget,
             lr=opts.a_lr,
             betas=opts.a_betas,
@@ -274,6 +284,7 @@ class Searcher:
             dist_ctx=self.dist,
         )
         self.total_steps = opts.epochs * opts.steps_per_epoch
+        self.penalty_tau = opts.penalty_tau_start
         self.epoch = 0
         self.history: list[dict] = []
         self.writer = None
@@ -328,6 +339,13 @@ class Searcher:
         sl = self.dist.shard(self.cfg.data.batch)
         return lr[sl].to(self.device), hr[sl].to(self.device)
 
+    def tau_at(self, epoch: int) -> float:
+        """Penalty temperature of an epoch: a function of the epoch alone, so resumes replay it exactly."""
+        opts = self.cfg.search
+        span = opts.epochs - opts.warmup_epochs - 1
+        t = 1.0 if span <= 0 else min(max((epoch - opts.warmup_epochs) / span, 0.0), 1.0)
+        return opts.penalty_tau_start * (opts.penalty_tau_end / opts.penalty_tau_start) ** t
+
     def _weight_step(self, step: int) -> float:
         opts = self.cfg.search
         lr_now = _cosine(step, self.total_steps, opts.w_lr, opts.w_lr_min)
@@ -368,6 +386,7 @@ class Searcher:
                 sums = {"w_loss": 0.0, "a_loss": 0.0, "penalty": 0.0}
                 expected = float("nan")
                 search_arch = epoch >= opts.warmup_epochs
+                self.penalty_tau = self.tau_at(epoch)
                 self.model.train()
                 for i in range(opts.steps_per_epoch):
                     step = epoch * opts.steps_per_epoch + i
@@ -404,6 +423,7 @@ class Searcher:
                 n = opts.steps_per_epoch
                 with torch.no_grad():
                     expected = float(cost.expected_macs(self.cfg.space, self.model.arch_probs(), HR_SIZE))
+                    expected_tau = float(cost.expected_macs(self.cfg.space, self.model.arch_probs(self.penalty_tau), HR_SIZE))
                 geno = derive(self.model, self.cfg.space)
                 derived = cost.count(geno, HR_SIZE)
                 if (epoch + 1) % opts.val_every == 0 or epoch + 1 == opts.epochs:
@@ -414,6 +434,8 @@ class Searcher:
                     "a_loss": sums["a_loss"] / n if search_arch else None,
                     "penalty": sums["penalty"] / n if search_arch else None,
                     "expected_macs": expected,
+                    "penalty_tau": self.penalty_tau,
+                    "expected_macs_tau": expected_tau,
                     "derived_macs": derived.macs,
                     "derived_params": derived.params,
                     "val_psnr": val_psnr,
@@ -482,6 +504,8 @@ class Searcher:
         w.add_scalar("val/psnr_y", record["val_psnr"], step)
         w.add_scalar("cost/expected_madds_G", record["expected_macs"] / 1e9, step)
         w.add_scalar("cost/derived_madds_G", record["derived_macs"] / 1e9, step)
+        w.add_scalar("cost/expected_madds_at_tau_G", record["expected_macs_tau"] / 1e9, step)
+        w.add_scalar("arch/penalty_tau", record["penalty_tau"], step)
         if self.budget is not None:
             w.add_scalar("cost/budget_G", self.budget / 1e9, step)
         probs = self.model.arch_probs()
@@ -529,6 +553,13 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _machine() -> dict:
+    from hdnas.benchmark import machine_info
+
+    info = machine_info()
+    return {k: info[k] for k in ("cpu", "usable_cores", "torch", "torch_threads", "cuda")}
+
+
 def provenance(cfg: SearchConfig, result: SearchResult, report, command: list[str] | None = None) -> dict:
     """What a reader needs to trust and reproduce a genotype."""
     import hdnas
@@ -553,7 +584,7 @@ def provenance(cfg: SearchConfig, result: SearchResult, report, command: list[st
         "epochs": cfg.search.epochs,
         "search_seconds": round(sum(h["seconds"] for h in result.history), 1),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}".strip(),
+        "machine": _machine(),
     }
 
 

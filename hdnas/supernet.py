@@ -215,13 +215,18 @@ class SuperNet(nn.Module):
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
 
-    def arch_probs(self) -> ArchProbs:
-        """Softmax of α and β (differentiable); cell 1's input distribution is the constant [1]."""
+    def arch_probs(self, temperature: float = 1.0) -> ArchProbs:
+        """Softmax of α/τ and β/τ (differentiable); cell 1's input distribution is the constant [1].
+
+        The forward pass mixes at τ = 1. A lower τ sharpens the distributions toward the choices that
+        derivation will make; the search evaluates its budget penalty there (see ``hdnas.search``).
+        """
+        t = float(temperature)
         one = torch.ones(1, dtype=self.beta_fusion.dtype, device=self.beta_fusion.device)
         return ArchProbs(
-            alpha=torch.softmax(self.alpha, dim=-1),
-            inputs=[one] + [torch.softmax(b, dim=0) for b in self.beta_inputs],
-            fusion=torch.softmax(self.beta_fusion, dim=0),
+            alpha=torch.softmax(self.alpha / t, dim=-1),
+            inputs=[one] + [torch.softmax(b / t, dim=0) for b in self.beta_inputs],
+            fusion=torch.softmax(self.beta_fusion / t, dim=0),
         )
 
     def genotype(self):

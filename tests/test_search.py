@@ -198,3 +198,15 @@ def test_shipped_configs_load_and_default_space_matches_its_yaml():
     assert paper.space == load_space(REPO / "search_spaces" / "dlsr.yaml")
     cpu = load_search_config(REPO / "search_spaces" / "search_cpu.yaml")
     assert cpu.search == load_search_config().search and cpu.data == load_search_config().data
+
+
+def test_penalty_temperature_anneals_over_architecture_epochs(tmp_path, images):
+    cfg = load_search_config(None, None, tiny_overrides(tmp_path, images, **{
+        "search.epochs": 6, "search.warmup_epochs": 2, "search.penalty_tau_end": 0.1}))
+    s = Searcher(cfg, progress=False, log=False)
+    taus = [s.tau_at(e) for e in range(6)]
+    assert taus[0] == taus[1] == taus[2] == 1.0
+    assert taus[-1] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(taus[2:], taus[3:]))
+    with pytest.raises(ConfigError, match="penalty_tau_end"):
+        load_search_config(None, None, ["search.penalty_tau_end=2"])

@@ -8,7 +8,6 @@ central finite differences (two extra gradient evaluations instead of second der
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -153,6 +152,3 @@ class Architect:
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
 
-
-def is_finite(x: float) -> bool:
-    return math.isfinite(x)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hdnas.atomic import atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
+from hdnas.atomic import atomic_write
 from hdnas.errors import HdnasError
 
 

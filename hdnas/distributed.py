@@ -16,6 +16,8 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
+from hdnas.errors import HdnasError
+
 
 @dataclass
 class DistContext:
@@ -67,14 +69,21 @@ class DistContext:
             dist.barrier()
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; asking for CUDA without it is an error, not a crash."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HdnasError(f"device: '{name}' asked for but CUDA is not available")
+    return torch.device(name)
+
+
 def init_distributed(device: str = "auto") -> DistContext:
     """Read torchrun's environment; start a process group when there is more than one process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", local % max(torch.cuda.device_count(), 1))
         torch.cuda.set_device(dev)

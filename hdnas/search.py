@@ -36,7 +36,7 @@ from hdnas.config import (
     read_yaml,
     to_dict,
 )
-from hdnas.distributed import DistContext, init_distributed
+from hdnas.distributed import DistContext, init_distributed, resolve_device
 from hdnas.errors import HdnasError
 from hdnas.space import SearchSpace
 
@@ -246,7 +246,7 @@ class Searcher:
         self.log = log and self.dist.is_main
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
-        self.device = self.dist.device if self.dist.enabled else _resolve_device(cfg.device)
+        self.device = self.dist.device if self.dist.enabled else resolve_device(cfg.device)
         self.run_dir = Path(cfg.runs_dir) / cfg.run_name()
         self.ckpt_path = self.run_dir / "checkpoint.pt"
         opts = cfg.search
@@ -545,14 +545,6 @@ def _png_to_chw(png: bytes):
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SearchError(f"device: '{name}' asked for but CUDA is not available")
-    return torch.device(name)
-
-
 def _machine() -> dict:
     from hdnas.benchmark import machine_info
 
@@ -638,16 +630,7 @@ def run_search(
         from hdnas import render
 
         written = render.write_drawings(geno, out.with_suffix(""))
-        drawings, note = _unpack_drawings(written)
+        drawings, note = written.paths, written.message
     except Exception as exc:  # noqa: BLE001 - the genotype is saved; drawing is a bonus
         note = f"drawings not written: {exc}"
     return SearchOutcome(geno, out, drawings, note, result)
-
-
-def _unpack_drawings(written) -> tuple[list[Path], str | None]:
-    if isinstance(written, tuple) and len(written) == 2:
-        paths, note = written
-        return list(paths), note
-    if hasattr(written, "paths"):
-        return list(written.paths), getattr(written, "message", None)
-    return list(written), None

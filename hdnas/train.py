@@ -34,7 +34,7 @@ import torch.nn as nn
 from hdnas.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from hdnas.config import ConfigError, DataConfig, first_difference, from_dict, merge, parse_overrides, read_yaml, to_dict
 from hdnas.data import PatchDataset, SRImageSet, build_dataset, find_pairs
-from hdnas.distributed import DistContext, init_distributed
+from hdnas.distributed import DistContext, init_distributed, resolve_device
 from hdnas.dual import DualModel
 from hdnas.errors import HdnasError
 from hdnas.genotype import Genotype, load_genotype
@@ -214,14 +214,6 @@ def load_model(
     except RuntimeError as exc:
         raise TrainError(f"{path}: weights do not fit the genotype: {str(exc).splitlines()[0]}") from None
     return net.eval(), genotype
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainError(f"device: '{name}' asked for but CUDA is not available")
-    return torch.device(name)
 
 
 def build_data(cfg: RetrainData, scale: int, seed: int = 0) -> tuple[SRImageSet, SRImageSet]:

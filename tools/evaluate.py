@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _device(name: str):
-    from hdnas.train import resolve_device
+    from hdnas.distributed import resolve_device
 
     return resolve_device(name)
 

@@ -40,7 +40,6 @@ from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from hdnas.atomic import atomic_write_json, json_safe
 from hdnas.config import format_count
@@ -747,69 +746,47 @@ def models_table(records: list[dict[str, Any]]) -> str:
 class TrainStats:
     steps: int
     seconds: float
-    final_loss: float  # mean L1 of the last up-to-50 steps
+    final_loss: float  # mean L1 over the last validation window
     patches_per_s: float
-    trainer: str = "hdnas.benchmark.train_for_minutes (internal L1 loop)"
+    trainer: str = "hdnas.train.Trainer (L1, Adam, cosine annealed to the --minutes budget)"
 
 
 def train_for_minutes(
-    model: nn.Module,
-    data,
+    genotype,
+    train_set,
     minutes: float,
     seed: int = 0,
     *,
+    val_set=None,
+    run_dir: str | os.PathLike,
     batch: int = 16,
     patch: int = 32,
     lr: float = 1e-3,
-    lr_min: float = 1e-6,
+    threads: int = 0,
+    device: str = "auto",
     max_steps: int | None = None,
-    channels_last: bool = True,
-    log: Log | None = None,
-) -> TrainStats:
-    """Train ``model`` with L1 and Adam for ``minutes`` of wall clock, cosine learning rate over that time.
+) -> tuple[nn.Module, TrainStats]:
+    """Train ``genotype`` with the retraining engine, L1 only, for ``minutes`` of wall clock.
 
-    ``data``: an :class:`hdnas.data.SRImageSet` (patches with flips/rotations drawn from a generator
-    seeded by ``seed``, so every model sees the same batch sequence) or a ready ``PatchDataset``.
-    Time counts data sampling and optimisation, not evaluation. A minimal internal loop until the
-    retraining engine (``hdnas.train``) offers a time-budgeted entry point.
+    The schedule is annealed to the time budget (``train.anneal_to_minutes``), so every model of the
+    protocol ends its cosine whatever its speed; batches come from the seed, so all see the same
+    sequence. Checkpoints and TensorBoard logs go to ``run_dir``. Returns the final (not best) weights.
     """
-    from hdnas.data import PatchDataset
+    from hdnas.train import RetrainConfig, Trainer
 
-    patches = data if isinstance(data, PatchDataset) else PatchDataset(data, patch, 1, seed=seed, skip_small=True)
-    gen = torch.Generator().manual_seed(seed)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model.train().to(memory_format=fmt)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise BenchmarkError("train_for_minutes: the model has no trainable parameters")
-    opt = torch.optim.Adam(params, lr=lr)
-    budget = minutes * 60.0
-    losses: list[float] = []
-    step = 0
-    t0 = time.perf_counter()
-    while True:
-        elapsed = time.perf_counter() - t0
-        if elapsed >= budget or (max_steps is not None and step >= max_steps):
-            break
-        frac = min(elapsed / budget, 1.0) if budget > 0 else 1.0
-        for g in opt.param_groups:
-            g["lr"] = lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * frac))
-        lr_b, hr_b = patches.sample_batch(batch, gen)
-        loss = F.l1_loss(model(lr_b.contiguous(memory_format=fmt)), hr_b)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        step += 1
-        if not math.isfinite(losses[-1]):
-            raise BenchmarkError(f"train_for_minutes: non-finite loss at step {step}")
-        if log is not None and step % 200 == 0:
-            log(f"[quality]   step {step}, L1 {sum(losses[-50:]) / len(losses[-50:]):.4f}, {elapsed:.0f} s")
-    seconds = time.perf_counter() - t0
-    model.eval().to(memory_format=torch.contiguous_format)
-    tail = losses[-50:]
-    return TrainStats(steps=step, seconds=round(seconds, 2), final_loss=sum(tail) / len(tail) if tail else float("nan"),
-                      patches_per_s=round(step * batch / seconds, 2) if seconds > 0 else 0.0)
+    cfg = RetrainConfig(seed=seed, device=device, threads=threads)
+    cfg.data.batch, cfg.data.patch = batch, patch
+    cfg.train.steps, cfg.train.lr, cfg.train.minutes = 10**9, lr, minutes
+    cfg.train.val_every, cfg.train.log_every = 500, 50
+    cfg.loss.dual.enabled = False
+    torch.manual_seed(seed)
+    trainer = Trainer(cfg, genotype, run_dir, train_set=train_set, val_set=val_set or train_set, progress=False,
+                      log=True)
+    res = trainer.run(max_steps=max_steps)
+    last = res.history[-1]["loss"] if res.history else float("nan")
+    model = trainer.model.eval().to(memory_format=torch.contiguous_format)
+    return model, TrainStats(steps=res.step, seconds=round(res.seconds, 2), final_loss=last,
+                             patches_per_s=round(res.step * batch / res.seconds, 2) if res.seconds > 0 else 0.0)
 
 
 def shared_data_root() -> Path:
@@ -839,10 +816,12 @@ class QualityBenchConfig:
     bicubic: bool = True
     stand_in: bool = False  # no genotype file: use a seeded random genotype as a stand-in (--quick)
     threads: int = 0  # 0: leave torch's setting
+    runs_dir: str = "runs/benchmark/quality"  # each model's checkpoints and TensorBoard logs
 
     @classmethod
     def quick(cls) -> "QualityBenchConfig":
-        return cls(minutes=0.05, eval_sets=["Set5"], n_random=2, batch=4, patch=16, stand_in=True, threads=1)
+        return cls(minutes=0.05, eval_sets=["Set5"], n_random=2, batch=4, patch=16, stand_in=True, threads=1,
+                   runs_dir="runs/benchmark/quality_quick")
 
 
 @dataclass
@@ -904,7 +883,8 @@ def quality_models(cfg: QualityBenchConfig) -> tuple[list[QualityModel], int, di
             f"(the quality suite compares a searched net with references at the same Multi-Adds)"
         )
     target = int(cfg.target_macs) if cfg.target_macs else count(searched).macs
-    models = [first, QualityModel(1, "rfdn (width-matched)", "rfdn", rfdn_for_macs(searched.scale, target))]
+    models = [first, QualityModel(1, "rfdn (width-matched)", "rfdn",
+                                       rfdn_for_macs(searched.scale, target, upsampler=searched.upsampler))]
     lo, hi = target * (1 - cfg.tolerance), target * (1 + cfg.tolerance)
     rand = random_genotypes(space, cfg.n_random, _random.Random(cfg.seed), (lo, hi)) if cfg.n_random else []
     for k, g in enumerate(rand):
@@ -928,7 +908,6 @@ def run_quality_suite(cfg: QualityBenchConfig, log: Log = _print) -> tuple[list[
     from hdnas.cost import count
     from hdnas.data import build_dataset
     from hdnas.evaluation import bicubic_model, evaluate_model
-    from hdnas.network import DerivedNet
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -941,7 +920,7 @@ def run_quality_suite(cfg: QualityBenchConfig, log: Log = _print) -> tuple[list[
         "train_data": train_paths or ["<built-in sample set>"],
         "eval_sets": {n: (str(p) if p else "<built-in sample val set>") for n, p in eval_paths.items()},
         "genotype": notes["genotype"], "models": [m.name for m in models],
-        "trainer": "hdnas.benchmark.train_for_minutes (L1, Adam, cosine over wall clock, channels_last)",
+        "trainer": TrainStats.trainer, "threads": torch.get_num_threads(),
     }
     wanted = set(range(len(models))) if cfg.model_index is None else set(cfg.model_index)
     bad = sorted(i for i in wanted if not 0 <= i < len(models))
@@ -963,9 +942,10 @@ def run_quality_suite(cfg: QualityBenchConfig, log: Log = _print) -> tuple[list[
             continue
         rep = count(m.genotype)
         log(f"[quality] {m.index}: {m.name}, {format_count(rep.macs)} Multi-Adds, {format_count(rep.params)} params ...")
-        torch.manual_seed(cfg.seed)
-        net = DerivedNet(m.genotype)
-        stats = train_for_minutes(net, train_set, cfg.minutes, cfg.seed, batch=cfg.batch, patch=cfg.patch, lr=cfg.lr, log=log)
+        first_eval = next(iter(eval_sets.values()), None)
+        net, stats = train_for_minutes(m.genotype, train_set, cfg.minutes, cfg.seed, val_set=first_eval,
+                                       run_dir=Path(cfg.runs_dir) / f"x{scale}_{m.index}_{m.kind}", batch=cfg.batch,
+                                       patch=cfg.patch, lr=cfg.lr, threads=cfg.threads)
         res = {n: evaluate_model(net, ds) for n, ds in eval_sets.items()}
         rec = {
             "key": f"{m.index}|{m.kind}", "index": m.index, "name": m.name, "kind": m.kind, "macs": rep.macs,

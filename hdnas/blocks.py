@@ -13,7 +13,7 @@ element-wise ops so that it costs no Multi-Adds and no parameters).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -108,10 +108,15 @@ class DistillCell(nn.Module):
         self.fuse = conv1x1((k + 1) * (c // 2), c)
         self.esa = ESA(c) if esa else None
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None,
+                step: Callable[[int, nn.Module, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """``step(k, op_k, x)`` replaces the refinement ``lrelu(op_k(x) + x)`` (AdaDSR gating)."""
         parts = []
         for k, op in enumerate(self.ops):
             parts.append(lrelu(self.distill[k](x)))
+            if step is not None:
+                x = step(k, op, x)
+                continue
             y = op(x) if weights is None else op(x, weights[k])
             x = lrelu(y + x)
         parts.append(lrelu(self.last(x)))

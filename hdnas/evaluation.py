@@ -8,10 +8,6 @@ upscaling is such a model (:func:`bicubic_model`), so later nets plug in unchang
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +60,8 @@ class TraceableESA(nn.Module):
 def exportable(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in eval mode, contiguous, with every ESA made traceable."""
     out = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
+    if hasattr(out, "adapter") and hasattr(out, "execution"):  # an AdaptiveNet: its tiles path is data-dependent
+        out.execution = "dense"  # gates multiply in the graph; the desired depth is the module's ``depth``
     for module in list(out.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, ESA):
@@ -171,9 +172,19 @@ def export_model(
     torchscript: str | os.PathLike | None = None,
     sample_size: tuple[int, int] = (32, 32),
     tolerance: float = 1e-4,
+    depth: float | None = None,
 ) -> ExportReport:
-    """Export to the formats asked for and check each; raises :class:`ExportError` past ``tolerance``."""
+    """Export to the formats asked for and check each; raises :class:`ExportError` past ``tolerance``.
+
+    ``depth``: the desired depth an adaptive (AdaDSR) net is exported at, a constant of the graph
+    (default: the top of its trained range). The exported graph computes every gated step densely.
+    """
     model = model.cpu().eval()
+    if depth is not None:
+        if not hasattr(model, "adapter"):
+            raise ExportError("--depth: the net has no depth adapter (not an adaptive checkpoint)")
+        model = copy.deepcopy(model)
+        model.depth = float(depth)
     lo = min_side(model)
     if min(sample_size) < lo:
         raise ExportError(f"sample size {sample_size}: a net with ESA needs LR inputs of at least {lo}×{lo}")

@@ -9,6 +9,8 @@ built, so they cost no parameters, no time and no Multi-Adds.
 from __future__ import annotations
 
 import copy
+import functools
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -41,15 +43,22 @@ class DerivedNet(nn.Module):
         self.upsampler = Upsampler(c, genotype.scale, genotype.upsampler)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
-        outs: dict[int, torch.Tensor] = {0: self.stem(self.sub_mean(lr))}
-        for i in self.live:
+        return self.tail(self.stem(self.sub_mean(lr)), lr)
+
+    def tail(self, stem: torch.Tensor, lr: torch.Tensor,
+             step: Callable[[int, int, nn.Module, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Everything after the stem; ``step(position, k, op, x)`` replaces the refinement step k of
+        the live cell at ``position`` (0-based, in ``live`` order): the AdaDSR hook."""
+        outs: dict[int, torch.Tensor] = {0: stem}
+        for pos, i in enumerate(self.live):
             name = f"cell{i}"
             inputs = self.genotype.cells[i - 1].inputs
             if name in self.combine:
                 x = self.combine[name](torch.cat([outs[j] for j in inputs], dim=1))
             else:
                 x = outs[inputs[0]]
-            outs[i] = self.cells[name](x)
+            cell_step = None if step is None else functools.partial(step, pos)
+            outs[i] = self.cells[name](x, step=cell_step)
         fused = lrelu(self.fusion(torch.cat([outs[j] for j in self.genotype.fusion], dim=1)))
         body = self.body(fused) + outs[0]
         return self.upsampler(body, lr)

@@ -44,3 +44,42 @@ def alpha_figure(probs: ArchProbs, space: SearchSpace):
     fig.colorbar(im, ax=ax, fraction=0.04)
     fig.tight_layout()
     return fig
+
+
+def depth_sweep_figure(sweep: dict, title: str = ""):
+    """PSNR against Multi-Adds and against latency (one line per test set; the plain net as a star)."""
+    recs = sweep["depths"]
+    sets = list(recs[0]["sets"]) if recs else []
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for j, (key, label, div) in enumerate((("macs_per_image", "Multi-Adds per image (G)", 1e9),
+                                           ("latency_ms_per_image", "CPU latency per image (ms)", 1.0))):
+        ax = axes[j]
+        for n, name in enumerate(sets):
+            xs = [r["sets"][name][key] / div for r in recs]
+            ys = [r["sets"][name]["psnr"] for r in recs]
+            ax.plot(xs, ys, "o-", color=colours[n % len(colours)], label=f"{name} adaptive")
+            for r, x, y in zip(recs, xs, ys):
+                ax.annotate(f"d={r['depth']:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+            base = (sweep.get("baseline") or {}).get("sets", {}).get(name)
+            if base is not None:
+                ax.plot([base[key] / div], [base["psnr"]], "*", markersize=13, color=colours[n % len(colours)],
+                        label=f"{name} non-adaptive")
+        ax.set_xlabel(label)
+        ax.set_ylabel("PSNR-Y (dB)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def save_depth_sweep_png(sweep: dict, path, title: str = ""):
+    """Write :func:`depth_sweep_figure` as a PNG (atomically)."""
+    from hdnas.atomic import atomic_path
+
+    fig = depth_sweep_figure(sweep, title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path

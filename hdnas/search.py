@@ -8,7 +8,6 @@ schedule, RNG states and the history; batches are drawn from generators seeded b
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import json
 import math

@@ -26,7 +26,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -39,6 +39,7 @@ from hdnas.dual import DualModel
 from hdnas.errors import HdnasError
 from hdnas.genotype import Genotype, load_genotype
 from hdnas.losses import CompositeLoss, ImportanceLearner, LossConfig, LossInputs
+from hdnas.adaptive import AdaptiveConfig, AdaptiveNet, depth_loss, sample_depths
 from hdnas.network import DerivedNet
 
 CHECKPOINT_FORMAT = "hdnas-retrain-checkpoint/1"
@@ -73,6 +74,9 @@ class TrainOptions:
     save_every: int = 0  # extra last.pt writes every N steps; 0: at validations and the end only
     log_every: int = 10
     minutes: Optional[float] = None  # wall-clock budget; the run stops, validates and saves
+    # With ``minutes``, the schedule runs to the budget: its progress is the larger of the step and
+    # time fractions, so a time-limited run still anneals fully (budgeted training, Li et al. 2020).
+    anneal_to_minutes: bool = True
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -102,10 +106,12 @@ class EMAConfig:
 @dataclass
 class TeacherConfig:
     """A frozen teacher for ``loss.distill`` and importance round 0: a retrain checkpoint
-    (``weights``; its genotype is read from it) or a genotype + a state dict file."""
+    (``weights``; its genotype is read from it), a genotype + a state dict file, or a parameter-free
+    zoo reference (``model: bicubic``: round 0 then starts from the pixels bicubic already gets right)."""
 
     genotype: Optional[str] = None
     weights: Optional[str] = None
+    model: Optional[str] = None  # a zoo reference name instead of weights
 
 
 @dataclass
@@ -121,6 +127,7 @@ class RetrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)  # AdaDSR depth adapter (hdnas.adaptive)
 
     def run_name(self, scale: int) -> str:
         if self.name:
@@ -149,15 +156,20 @@ def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
     return g
 
 
-def lr_factor(step: int, opts: TrainOptions) -> float:
-    """Learning-rate multiplier at ``step``: a pure function, so resuming needs no scheduler history."""
+def lr_factor(step: int, opts: TrainOptions, time_fraction: float = 0.0) -> float:
+    """Learning-rate multiplier at ``step``: a pure function, so resuming needs no scheduler history.
+
+    ``time_fraction`` (spent / budgeted wall-clock) moves the schedule as the step fraction does; the
+    larger of the two wins, so a ``--minutes`` run ends annealed whether steps or time run out first.
+    """
     warm = min(1.0, (step + 1) / opts.warmup_steps) if opts.warmup_steps > 0 else 1.0
+    tf = min(max(time_fraction, 0.0), 1.0)
     if opts.schedule == "cosine":
+        t = max(min(step, opts.steps) / opts.steps, tf)
         floor = opts.lr_min / opts.lr
-        t = min(step, opts.steps) / opts.steps
         return warm * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
     if opts.schedule == "multistep":
-        return warm * opts.gamma ** sum(1 for m in opts.milestones if step >= m)
+        return warm * opts.gamma ** sum(1 for m in opts.milestones if step >= m or (tf > 0 and tf >= m / opts.steps))
     return warm
 
 
@@ -189,12 +201,13 @@ def load_model(
     prefer_ema: bool = True,
     map_location: str | torch.device = "cpu",
 ) -> tuple[DerivedNet, Genotype]:
-    """A trained net from a retrain checkpoint (or a bare state dict plus ``genotype``), in eval mode.
+    """A trained net (an :class:`AdaptiveNet` for an adaptive run) from a retrain checkpoint (or a bare state dict plus ``genotype``), in eval mode.
 
     The EMA weights are used when the checkpoint has them and ``prefer_ema`` (they are what
     validation scored). A ``genotype`` given with a checkpoint must match the one recorded in it.
     """
     state = load_checkpoint(path, map_location=map_location)
+    net: nn.Module | None = None
     if state.get("format") == CHECKPOINT_FORMAT:
         saved = state["genotype"]
         if genotype is not None:
@@ -204,11 +217,14 @@ def load_model(
         else:
             genotype = Genotype.from_dict(saved)
         weights = state["ema"]["model"] if prefer_ema and state.get("ema") else state["model"]
+        if state.get("adaptive"):
+            net = AdaptiveNet(genotype, from_dict(AdaptiveConfig, state["adaptive"]))
     else:
         if genotype is None:
             raise TrainError(f"{path}: a bare state dict; pass the genotype it was trained for")
         weights = state.get("model", state) if isinstance(state.get("model"), dict) else state
-    net = DerivedNet(genotype)
+    if net is None:
+        net = DerivedNet(genotype)
     try:
         net.load_state_dict(weights)
     except RuntimeError as exc:
@@ -319,8 +335,8 @@ class Trainer:
         if cfg.data.batch % self.dist.world_size:
             raise TrainError(f"data.batch {cfg.data.batch} does not split evenly over {self.dist.world_size} processes")
         lc = cfg.loss
-        if lc.distill.enabled and teacher is None and not cfg.teacher.weights:
-            raise TrainError("loss.distill is enabled but no teacher is given (teacher.weights)")
+        if lc.distill.enabled and teacher is None and not (cfg.teacher.weights or cfg.teacher.model):
+            raise TrainError("loss.distill is enabled but no teacher is given (teacher.weights or teacher.model)")
 
         # data first: a bad folder fails before any model is built
         if train_set is None or val_set is None:
@@ -329,20 +345,29 @@ class Trainer:
         for name, ds in (("training", train_set), ("validation", val_set)):
             if ds.scale != self.scale:
                 raise TrainError(f"{name} images are for ×{ds.scale}, genotype is ×{self.scale}")
-        self.patches = PatchDataset(train_set, cfg.data.patch, 1, seed=cfg.seed, augment=cfg.data.augment)
+        # as the search does: images smaller than a patch (T91 has 78x78 ones) are left out, with a warning
+        self.patches = PatchDataset(train_set, cfg.data.patch, 1, seed=cfg.seed, augment=cfg.data.augment,
+                                    skip_small=True)
+        if len(self.patches.images) < len(train_set):
+            warnings.warn(f"{len(train_set) - len(self.patches.images)} of {len(train_set)} training images are "
+                          f"smaller than the LR patch {cfg.data.patch} (x{self.scale}) and are left out", stacklevel=2)
         self.val_set = val_set
 
         seed_everything(cfg.seed)
         fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         self.memory_format = fmt
-        self.model = DerivedNet(genotype).to(self.device, memory_format=fmt)
+        net = AdaptiveNet(genotype, cfg.adaptive) if cfg.adaptive.enabled else DerivedNet(genotype)
+        self.model = net.to(self.device, memory_format=fmt)
+        self.adaptive = cfg.adaptive if cfg.adaptive.enabled else None
         self.dual = None
         if lc.dual.enabled:
             self.dual = DualModel(self.scale, lc.dual.features).to(self.device, memory_format=fmt)
         opts = cfg.train
+        self._clock0: float | None = None  # (clock, elapsed) when run() started: the schedule's time
+        self._elapsed0 = 0.0
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=opts.lr, betas=tuple(opts.betas),
                                           weight_decay=opts.weight_decay)
-        factor = lambda step: lr_factor(step, opts)  # noqa: E731 - a function: LambdaLR does not pickle it
+        factor = lambda step: lr_factor(step, opts, self.time_fraction())  # noqa: E731 - LambdaLR does not pickle it
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
         self.dual_optimizer = self.dual_scheduler = None
         if self.dual is not None:
@@ -355,7 +380,7 @@ class Trainer:
         self.teacher = self._build_teacher(teacher)
         if self.importance is not None and self.teacher is None:
             warnings.warn("loss.importance is enabled without a teacher: w0 = 1, so every importance weight is 1 "
-                          "and the pixel loss is plain L1 (set teacher.weights)", stacklevel=2)
+                          "and the pixel loss is plain L1 (set teacher.weights or teacher.model=bicubic)", stacklevel=2)
 
         self.step = 0
         self.elapsed = 0.0  # seconds of run() so far, over resumes (the --minutes budget)
@@ -367,7 +392,14 @@ class Trainer:
 
     # -- teacher ---------------------------------------------------------------------------------
     def _build_teacher(self, teacher: nn.Module | None) -> nn.Module | None:
-        need = self.cfg.loss.distill.enabled or (self.cfg.loss.importance.enabled and self.cfg.teacher.weights)
+        tc = self.cfg.teacher
+        need = self.cfg.loss.distill.enabled or (self.cfg.loss.importance.enabled and (tc.weights or tc.model))
+        if tc.weights and tc.model:
+            raise ConfigError("teacher: give weights (with genotype) or model, not both")
+        if teacher is None and tc.model and need:
+            from hdnas.zoo import build_reference
+
+            teacher = build_reference(tc.model, self.scale)
         if teacher is None and self.cfg.teacher.weights and need:
             geno = load_genotype(self.cfg.teacher.genotype) if self.cfg.teacher.genotype else None
             teacher, tgeno = load_model(self.cfg.teacher.weights, geno)
@@ -398,6 +430,7 @@ class Trainer:
             "dual_scheduler": None if self.dual_scheduler is None else self.dual_scheduler.state_dict(),
             "ema": None if self.ema is None else self.ema.state_dict(),
             "importance": None if self.importance is None else self.importance.state_dict(),
+            "adaptive": None if self.adaptive is None else to_dict(self.adaptive),
             "rng": rng_state(),
             "elapsed": self.elapsed,
             "best_psnr": self.best_psnr,
@@ -468,8 +501,18 @@ class Trainer:
                 teacher_sr = self.teacher(lr)
         weights = self.importance.weights(lr, hr, teacher_sr) if self.importance is not None else None
         self.model.train()
-        sr = self.model(lr)
+        if self.adaptive is not None:  # one desired depth per image, seeded by the step (exact resume)
+            lo, hi = self.model.depth_bounds()
+            d = sample_depths(self.cfg.data.batch, lo, hi, step_generator(self.cfg.seed, step, stream=3))
+            d = d[self.dist.shard(self.cfg.data.batch)].to(self.device)
+            sr, depth = self.model.forward_depth(lr, d)
+        else:
+            sr = self.model(lr)
         total, parts = self.loss(LossInputs(lr, hr, sr, teacher_sr, weights, self.dual))
+        if self.adaptive is not None:
+            parts["depth"] = depth_loss(depth, d)
+            parts["depth_mean"] = depth.detach().mean()
+            total = total + self.adaptive.weight * parts["depth"]
         loss_value = self.dist.all_reduce_scalar(float(total.detach()))
         if not math.isfinite(loss_value):
             raise TrainError(
@@ -512,6 +555,8 @@ class Trainer:
         net = self.eval_model()
         was = net.training
         net.eval()
+        if self.adaptive is not None:
+            net.depth = self.adaptive.val_depth if self.adaptive.val_depth is not None else net.depth_bounds()[1]
         tile = self.cfg.data.val_tile
         try:
             res = evaluate_model(lambda x: upscale(net, x, tile=tile), self.val_set, self.scale, device=self.device)
@@ -525,6 +570,13 @@ class Trainer:
         return evaluate_model(bicubic_model(self.scale), self.val_set, self.scale)["psnr"]
 
     # -- loop ------------------------------------------------------------------------------------
+    def time_fraction(self) -> float:
+        """Share of the ``--minutes`` budget spent, for the schedule (0 without a budget or outside run())."""
+        minutes = self.cfg.train.minutes
+        if not minutes or not self.cfg.train.anneal_to_minutes or self._clock0 is None:
+            return 0.0
+        return (self._elapsed0 + self.clock() - self._clock0) / (minutes * 60.0)
+
     def _over_budget(self, started: float) -> bool:
         minutes = self.cfg.train.minutes
         if minutes is None:
@@ -549,6 +601,7 @@ class Trainer:
         """Train until ``train.steps`` (or ``max_steps``, as a kill would, or the ``--minutes`` budget)."""
         opts = self.cfg.train
         started = self.clock()
+        self._clock0, self._elapsed0 = started, self.elapsed
         if self.dist.is_main and math.isnan(self.bicubic_psnr):
             self.bicubic_psnr = self._bicubic()
         self._open_writer()

@@ -140,17 +140,18 @@ def test_models_suite_tiny(tmp_path):
     assert by["fsrcnn"]["macs_paper_convention"] > by["fsrcnn"]["macs"]
 
 
-def test_train_for_minutes_stops_at_max_steps():
+def test_train_for_minutes_uses_the_retraining_engine(tmp_path):
     from hdnas.data import from_arrays
-    from hdnas.network import DerivedNet
 
     rng = np.random.default_rng(0)
     data = from_arrays([(f"a{i}", (rng.random((32, 32, 3)) * 255).astype(np.uint8)) for i in range(2)], 2, "t")
-    torch.manual_seed(0)
-    net = DerivedNet(tiny_genotype(2))
-    stats = B.train_for_minutes(net, data, minutes=5, seed=0, batch=2, patch=8, max_steps=3)
-    assert stats.steps == 3 and stats.seconds > 0 and np.isfinite(stats.final_loss)
-    assert not net.training
+    net, stats = B.train_for_minutes(tiny_genotype(2), data, minutes=5, seed=0, batch=2, patch=8, max_steps=3,
+                                     run_dir=tmp_path / "q", threads=1, device="cpu")
+    assert stats.steps == 3 and stats.seconds > 0 and stats.patches_per_s > 0
+    assert not net.training and (tmp_path / "q" / "last.pt").is_file()
+    net2, stats2 = B.train_for_minutes(tiny_genotype(2), data, minutes=0.002, seed=0, batch=2, patch=8,
+                                       run_dir=tmp_path / "t", threads=1, device="cpu")
+    assert 0 < stats2.seconds < 30 and np.isfinite(stats2.final_loss)  # stopped by the time budget, validated
 
 
 def test_quality_suite_tiny_merges_model_by_model(tmp_path):
@@ -160,7 +161,7 @@ def test_quality_suite_tiny_merges_model_by_model(tmp_path):
     tiny_genotype(2).save(gpath)
     out = tmp_path / "q.json"
     base = dict(genotype=str(gpath), scale=2, minutes=0.005, data=[str(train)], eval_sets=[str(evals)], n_random=1,
-                batch=2, patch=8)
+                batch=2, patch=8, runs_dir=str(tmp_path / "runs"), threads=1)
     B.run_suites(["quality"], out, quality_cfg=B.QualityBenchConfig(**base, model_index=[0]), log=lambda m: None)
     B.run_suites(["quality"], out, quality_cfg=B.QualityBenchConfig(**base, model_index=[1, 2]), log=lambda m: None)
     suite = json.loads(out.read_text())["suites"]["quality"]

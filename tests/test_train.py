@@ -311,3 +311,40 @@ def test_shipped_run_configs_load_and_the_cpu_one_spells_out_the_defaults():
     assert to_dict(cpu) == to_dict(RetrainConfig())
     gpu = load_retrain_config(REPO_ROOT / "search_spaces" / "retrain_div2k.yaml")
     assert gpu.data.batch == 64 and gpu.data.patch == 64 and gpu.ema.enabled and gpu.train.steps >= 100_000
+
+
+def test_schedule_follows_the_time_budget():
+    """With --minutes the schedule reaches its end when the time does, whatever the step count."""
+    cfg = tiny_cfg(**{"train.steps": 1000, "train.lr": 1e-3, "train.lr_min": "1.0e-5"}).train
+    assert lr_factor(10, cfg, time_fraction=0.5) == pytest.approx((1 + 0.01) / 2)
+    assert lr_factor(10, cfg, time_fraction=1.5) == pytest.approx(0.01)
+    assert lr_factor(600, cfg, time_fraction=0.1) == pytest.approx(lr_factor(600, cfg))
+    ms = tiny_cfg(**{"train.steps": 100, "train.schedule": "multistep", "train.milestones": "[50]"}).train
+    assert lr_factor(1, ms, time_fraction=0.6) == pytest.approx(ms.gamma)
+    assert lr_factor(1, ms, time_fraction=0.4) == pytest.approx(1.0)
+
+
+def test_trainer_anneals_to_the_minutes_budget(tmp_path):
+    """A fake clock: half the budget spent puts the cosine at its middle, off the flag it does not."""
+    now = [0.0]
+    for anneal, expect in ((True, (1 + 0.01) / 2), (False, None)):
+        cfg = tiny_cfg(**{"train.steps": 1000, "train.lr": 1e-3, "train.lr_min": "1.0e-5", "train.minutes": 1.0,
+                          "train.anneal_to_minutes": anneal})
+        tr = make_trainer(tmp_path / str(anneal), cfg)
+        tr.clock = lambda: now[0]
+        tr._clock0, tr._elapsed0 = 0.0, 0.0
+        now[0] = 30.0
+        assert tr.time_fraction() == (pytest.approx(0.5) if anneal else 0.0)
+        want = expect if anneal else lr_factor(0, cfg.train)
+        assert tr.scheduler.lr_lambdas[0](0) == pytest.approx(want)
+
+
+def test_bicubic_teacher_starts_importance_from_bicubic_error(tmp_path):
+    cfg = tiny_cfg(**{"loss.importance.enabled": True, "teacher.model": "bicubic"})
+    tr = make_trainer(tmp_path, cfg)
+    assert tr.teacher is not None and not list(tr.teacher.parameters())
+    out = tr.train_step(0)
+    assert 0.0 < out["importance_mean"] < 1.0  # w0 = s(e_bicubic)/s(0) < 1 where bicubic errs
+    with pytest.raises(ConfigError, match="teacher"):
+        make_trainer(tmp_path / "b", tiny_cfg(**{"loss.importance.enabled": True, "teacher.model": "bicubic",
+                                                 "teacher.weights": "x.pt"}))

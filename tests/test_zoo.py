@@ -134,6 +134,14 @@ def test_rfdn_for_macs_picks_nearest_width(target):
     assert g.channels % 4 == 0 and len(g.cells) == 6
 
 
+def test_rfdn_for_macs_can_take_the_searched_tail():
+    """Inside one space the reference gets the searched genotype's tail: only the cells differ."""
+    g = rfdn_for_macs(4, 10e9, upsampler="pixelshuffle_bicubic")
+    assert g.upsampler == "pixelshuffle_bicubic"
+    plain = rfdn_genotype(4, g.channels)
+    assert count(g).macs - count(plain).macs == 3 * 16 * 25 * 180 * 320  # the fixed 5×5 bicubic conv
+
+
 def _space(**kw) -> SearchSpace:
     base = dict(scale=4, channels=16, cells=4, steps=2, cell_inputs=1, fusion_cells=2)
     base.update(kw)

@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default="val", choices=("train", "val"), help="DIV2K split to use (default: val)")
     p.add_argument("--json", metavar="OUT", help="also write results to this JSON file (atomically)")
     p.add_argument("--per-image", action="store_true", help="print per-image figures too")
+    a = p.add_argument_group("AdaDSR depth (adaptive checkpoints)")
+    a.add_argument("--depth", type=float, nargs="+", metavar="D",
+                   help="desired depth(s): PSNR, exact Multi-Adds and CPU latency at each (tiles execution)")
+    a.add_argument("--compare", metavar="CKPT", help="with --depth: a non-adaptive checkpoint measured the same way")
+    a.add_argument("--plot", metavar="PNG", help="with --depth: PSNR against Multi-Adds and against latency")
+    a.add_argument("--repeats", type=int, default=3, help="with --depth: timed forwards per image (median)")
     return p.parse_args(argv)
 
 
@@ -70,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         from hdnas.evaluation import bicubic_model, evaluate_bicubic_y, evaluate_model, format_table, write_json_atomic
 
         net, label = _trained_net(args)
+        if args.depth:
+            return _depth_sweep(net, args)
         scales = args.scale or ([net.scale] if net is not None else [4])
         if net is not None and scales != [net.scale]:
             raise HdnasError(f"--scale {' '.join(map(str, scales))}: the net is for x{net.scale}")
@@ -94,6 +102,31 @@ def main(argv: list[str] | None = None) -> int:
     except (HdnasError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _depth_sweep(net, args: argparse.Namespace) -> int:
+    from hdnas.adaptive import AdaptiveNet, depth_sweep
+    from hdnas.data import build_dataset
+    from hdnas.evaluation import write_json_atomic
+    from hdnas.plots import save_depth_sweep_png
+    from hdnas.train import load_model
+
+    if not isinstance(net, AdaptiveNet):
+        raise HdnasError("--depth needs an adaptive checkpoint (retrained with adaptive.enabled=true)")
+    sets = {}
+    for folder in args.data or [None]:
+        ds = build_dataset([folder] if folder else None, net.scale, args.split)
+        sets[ds.name] = ds
+    baseline = load_model(args.compare)[0] if args.compare else None
+    device = _device(args.device)
+    sweep = depth_sweep(net, sets, list(args.depth), baseline=baseline, repeats=args.repeats, device=device, log=print)
+    sweep.update(checkpoint=args.checkpoint or args.weights, compare=args.compare)
+    if args.json:
+        write_json_atomic(args.json, sweep)
+    if args.plot:
+        title = f"AdaDSR x{net.scale}: {Path(args.checkpoint or args.weights).parent.name}"
+        print(f"plot {save_depth_sweep_png(sweep, args.plot, title)}")
     return 0
 
 

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--torchscript", metavar="OUT.pt", help="write a traced TorchScript model")
     p.add_argument("--raw", action="store_true", help="export the raw weights, not the EMA weights")
     p.add_argument("--sample", type=int, nargs=2, default=[32, 32], metavar=("H", "W"), help="LR size to trace with")
+    p.add_argument("--depth", type=float, metavar="D", help="adaptive nets: the desired depth to export at")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted |exported − PyTorch| (default 1e-4)")
     args = p.parse_args(argv)
     if not args.onnx and not args.torchscript:
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
         geno = load_genotype(args.genotype) if args.genotype else None
         net, geno = load_model(args.checkpoint, geno, prefer_ema=not args.raw)
-        report = export_model(net, args.onnx, args.torchscript, tuple(args.sample), args.tolerance)
+        report = export_model(net, args.onnx, args.torchscript, tuple(args.sample), args.tolerance,
+                              depth=args.depth)
     except HdnasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

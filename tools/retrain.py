@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to TensorBoard)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. train.steps=500 loss.dual.weight=0.2")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
 
     from hdnas.train import load_retrain_config, run_retrain
 

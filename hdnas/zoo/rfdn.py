@@ -24,10 +24,15 @@ RFDN_STEPS = 3  # three shallow residual blocks per RFDB
 
 
 def rfdn_genotype(
-    scale: int, channels: int = RFDN_CHANNELS, cells: int = RFDN_CELLS, steps: int = RFDN_STEPS, esa: bool = True
+    scale: int, channels: int = RFDN_CHANNELS, cells: int = RFDN_CELLS, steps: int = RFDN_STEPS, esa: bool = True,
+    upsampler: str = "pixelshuffle",
 ) -> Genotype:
-    """RFDN-style genotype: conv_3x3 everywhere, chain connections, every cell fused, ESA on."""
+    """RFDN-style genotype: conv_3x3 everywhere, chain connections, every cell fused, ESA on.
+
+    ``upsampler``: RFDN's own tail is ``pixelshuffle``; comparisons inside one space give it the
+    searched genotype's tail (e.g. the bicubic skip), so only the cells differ."""
     geno = Genotype(
+        upsampler=upsampler,
         scale=scale,
         channels=channels,
         cells=[CellGenotype(ops=["conv_3x3"] * steps, inputs=[i - 1]) for i in range(1, cells + 1)],
@@ -50,6 +55,7 @@ def rfdn_channels_for_macs(
     steps: int = RFDN_STEPS,
     hr_size: tuple[int, int] = HR_SIZE,
     max_channels: int = 512,
+    upsampler: str = "pixelshuffle",
 ) -> int:
     """The width (a multiple of 4, as the cell's C/2 and ESA's C/4 need) whose Multi-Adds are closest to the target.
 
@@ -59,7 +65,7 @@ def rfdn_channels_for_macs(
         raise ConfigError(f"rfdn_for_macs: target Multi-Adds must be positive, got {target_macs}")
     best, best_err = 4, float("inf")
     for c in range(4, max_channels + 1, 4):
-        macs = count(rfdn_genotype(scale, c, cells, steps), hr_size).macs
+        macs = count(rfdn_genotype(scale, c, cells, steps, upsampler=upsampler), hr_size).macs
         err = abs(macs - target_macs)
         if err < best_err:
             best, best_err = c, err
@@ -69,10 +75,11 @@ def rfdn_channels_for_macs(
 
 
 def rfdn_for_macs(
-    scale: int, target_macs: float, cells: int = RFDN_CELLS, steps: int = RFDN_STEPS, hr_size: tuple[int, int] = HR_SIZE
+    scale: int, target_macs: float, cells: int = RFDN_CELLS, steps: int = RFDN_STEPS, hr_size: tuple[int, int] = HR_SIZE,
+    upsampler: str = "pixelshuffle",
 ) -> Genotype:
     """RFDN-style genotype at RFDN's depth whose width brings its Multi-Adds nearest ``target_macs``."""
-    c = rfdn_channels_for_macs(scale, target_macs, cells, steps, hr_size)
-    geno = rfdn_genotype(scale, c, cells, steps)
+    c = rfdn_channels_for_macs(scale, target_macs, cells, steps, hr_size, upsampler=upsampler)
+    geno = rfdn_genotype(scale, c, cells, steps, upsampler=upsampler)
     geno.provenance["target_macs"] = int(target_macs)
     return geno

@@ -174,9 +174,9 @@ class AdaptiveNet(DerivedNet):
     def depth_map(self, stem: torch.Tensor, d) -> torch.Tensor:
         """The adapter's depth map for desired depth(s) ``d``; with ``pool``, constant over each tile.
 
-        Why pool: a per-pixel map puts some deep pixel (an edge) in nearly every block, so block
-        skipping saves little; averaging per block keeps mean(D) and makes the gates the ones that
-        execution can honour, in training as at inference."""
+        Why pool: with a per-pixel map one deep pixel makes its whole block run; averaging per
+        block keeps mean(D) and makes the gates the ones that execution honours, in training as at
+        inference."""
         depth = self.adapter(stem, self._d(d, stem))
         if not self.cfg.pool:
             return depth

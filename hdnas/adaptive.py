@@ -212,7 +212,7 @@ class AdaptiveNet(DerivedNet):
             g_idx, u = self.unit(pos, k)
             gate = (depth[:, g_idx:g_idx + 1] - u).clamp(0, 1)
             if mode == "dense":
-                return x + gate * (lrelu(op(x) + x) - x)
+                return _gated(x, op(x), gate)
             return self._tiled_step(op, x, gate, self.radii[pos][k])
 
         return self.tail(stem, lr, step), depth
@@ -225,29 +225,33 @@ class AdaptiveNet(DerivedNet):
         if n == 0:
             return x
         if not _use_tiles(n, t, r, h, w, b):
-            return x + gate * (lrelu(op(x) + x) - x)
+            return _gated(x, op(x), gate)
         nh, nw = act.shape[1:]
-        hp, wp = nh * t, nw * t
         idx = act.reshape(-1).nonzero().squeeze(1)
-        xp = F.pad(x, (r, r + wp - w, r, r + hp - h))
-        blocks = xp.unfold(2, t + 2 * r, t).unfold(3, t + 2 * r, t)  # B, C, nh, nw, t+2r, t+2r
-        blocks = blocks.permute(0, 2, 3, 1, 4, 5).reshape(b * nh * nw, c, t + 2 * r, t + 2 * r)[idx]
+        blocks = _blocks(x, t, r, nh, nw)[idx]
         inside = None
         if isinstance(op, nn.Sequential) and r > 0:
-            ones = F.pad(torch.ones(1, 1, h, w, dtype=x.dtype, device=x.device), (r, r + wp - w, r, r + hp - h))
-            inside = ones.unfold(2, t + 2 * r, t).unfold(3, t + 2 * r, t).reshape(nh * nw, 1, t + 2 * r, t + 2 * r)
-            inside = inside.repeat(b, 1, 1, 1)[idx]
+            ones = torch.ones(1, 1, h, w, dtype=x.dtype, device=x.device)
+            inside = _blocks(ones, t, r, nh, nw).repeat(b, 1, 1, 1)[idx]
         fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         y = _run_op(op, blocks.contiguous(memory_format=fmt), inside)
-        xc = blocks[..., r:r + t, r:r + t]
-        gp = F.pad(gate, (0, wp - w, 0, hp - h)).unfold(2, t, t).unfold(3, t, t)  # B, 1, nh, nw, t, t
-        gc = gp.permute(0, 2, 3, 1, 4, 5).reshape(b * nh * nw, 1, t, t)[idx]
-        new = xc + gc * (lrelu(y[..., r:r + t, r:r + t] + xc) - xc)
-        out = F.pad(x, (0, wp - w, 0, hp - h)).unfold(2, t, t).unfold(3, t, t)  # B, C, nh, nw, t, t
-        out = out.permute(0, 2, 3, 1, 4, 5).reshape(b * nh * nw, c, t, t).clone()
-        out[idx] = new
-        out = out.reshape(b, nh, nw, c, t, t).permute(0, 3, 1, 4, 2, 5).reshape(b, c, hp, wp)
+        centre = (..., slice(r, r + t), slice(r, r + t))
+        out = _blocks(x, t, 0, nh, nw).clone()
+        out[idx] = _gated(blocks[centre], y[centre], _blocks(gate, t, 0, nh, nw)[idx])
+        out = out.reshape(b, nh, nw, c, t, t).permute(0, 3, 1, 4, 2, 5).reshape(b, c, nh * t, nw * t)
         return out[..., :h, :w]
+
+
+def _gated(x: torch.Tensor, op_x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """A gated refinement step: ``x + g·(lrelu(op(x) + x) − x)``; g = 1 is the plain step, g = 0 the identity."""
+    return x + gate * (lrelu(op_x + x) - x)
+
+
+def _blocks(x: torch.Tensor, t: int, halo: int, nh: int, nw: int) -> torch.Tensor:
+    """(B·nh·nw, C, t + 2·halo, t + 2·halo): the t×t blocks of x, zero-padded past the image, with halos."""
+    pad = (halo, halo + nw * t - x.shape[-1], halo, halo + nh * t - x.shape[-2])
+    blocks = F.pad(x, pad).unfold(2, t + 2 * halo, t).unfold(3, t + 2 * halo, t)  # B, C, nh, nw, ., .
+    return blocks.permute(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1], t + 2 * halo, t + 2 * halo)
 
 
 def sample_depths(batch: int, lo: float, hi: float, generator: torch.Generator) -> torch.Tensor:

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hdnas.adaptive import AdaptiveNet
 from hdnas.atomic import atomic_path
 from hdnas.blocks import ESA, ESA_POOL_KERNEL, ESA_POOL_STRIDE
 from hdnas.errors import HdnasError
@@ -60,7 +61,7 @@ class TraceableESA(nn.Module):
 def exportable(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in eval mode, contiguous, with every ESA made traceable."""
     out = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
-    if hasattr(out, "adapter") and hasattr(out, "execution"):  # an AdaptiveNet: its tiles path is data-dependent
+    if isinstance(out, AdaptiveNet):  # its tiles path is data-dependent: trace the dense gating
         out.execution = "dense"  # gates multiply in the graph; the desired depth is the module's ``depth``
     for module in list(out.modules()):
         for name, child in list(module.named_children()):
@@ -181,7 +182,7 @@ def export_model(
     """
     model = model.cpu().eval()
     if depth is not None:
-        if not hasattr(model, "adapter"):
+        if not isinstance(model, AdaptiveNet):
             raise ExportError("--depth: the net has no depth adapter (not an adaptive checkpoint)")
         model = copy.deepcopy(model)
         model.depth = float(depth)

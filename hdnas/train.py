@@ -400,13 +400,10 @@ class Trainer:
             from hdnas.zoo import build_reference
 
             teacher = build_reference(tc.model, self.scale)
-        if teacher is None and self.cfg.teacher.weights and need:
-            geno = load_genotype(self.cfg.teacher.genotype) if self.cfg.teacher.genotype else None
-            teacher, tgeno = load_model(self.cfg.teacher.weights, geno)
+        if teacher is None and tc.weights and need:
+            teacher, tgeno = load_model(tc.weights, load_genotype(tc.genotype) if tc.genotype else None)
             if tgeno.scale != self.scale:
-                raise TrainError(
-                    f"teacher {self.cfg.teacher.weights} is for ×{tgeno.scale}, genotype is ×{self.scale}"
-                )
+                raise TrainError(f"teacher {tc.weights} is for ×{tgeno.scale}, genotype is ×{self.scale}")
         if teacher is None:
             return None
         teacher = teacher.to(self.device).eval()

@@ -9,22 +9,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from hdnas.adaptive import (
-    AdaptiveConfig,
-    AdaptiveNet,
-    active_tiles,
-    cost_at_depth,
-    depth_loss,
-    depth_sweep,
-    sample_depths,
-)
-from hdnas.config import ConfigError, from_dict
-from hdnas.cost import count
-from hdnas.derive import random_genotype
-from hdnas.network import DerivedNet
-from hdnas.ops import conv_macs
-from hdnas.space import SearchSpace
-from hdnas.train import load_model
+from hdnas.core.adaptive import AdaptiveConfig, AdaptiveNet, active_tiles, cost_at_depth
+from hdnas.train.adaptive import depth_loss, sample_depths
+from hdnas.deploy.depth import depth_sweep
+from hdnas.core.config import ConfigError, from_dict
+from hdnas.core.cost import count
+from hdnas.zoo.sampler import random_genotype
+from hdnas.core.network import DerivedNet
+from hdnas.core.ops import conv_macs
+from hdnas.core.space import SearchSpace
+from hdnas.core.weights import load_model
 
 from test_train import _tool as load_tool, make_trainer, tiny_cfg, tiny_sets
 
@@ -294,7 +288,7 @@ def test_depth_sweep_and_tool_write_json_and_png(tmp_path):
 
 def test_onnx_export_at_a_depth_matches_pytorch(tmp_path):
     pytest.importorskip("onnxruntime")
-    from hdnas.export import ExportError, export_model
+    from hdnas.deploy.export import ExportError, export_model
 
     net = adaptive_net(2, groups="cell")
     torch.nn.init.normal_(net.adapter.head.weight, std=0.5)

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from hdnas import cost
-from hdnas.architect import Architect, budget_penalty
-from hdnas.space import SearchSpace
-from hdnas.supernet import SuperNet
+from hdnas.core import cost
+from hdnas.search.architect import Architect, budget_penalty
+from hdnas.core.space import SearchSpace
+from hdnas.search.supernet import SuperNet
 
 HR = (720, 1280)
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from hdnas import benchmark as B
-from hdnas.cost import count
-from hdnas.genotype import CellGenotype, Genotype
+from hdnas.bench import common as B
+from hdnas.core.cost import count
+from hdnas.core.genotype import CellGenotype, Genotype
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 REPO = Path(__file__).resolve().parents[1]
@@ -141,7 +141,7 @@ def test_models_suite_tiny(tmp_path):
 
 
 def test_train_for_minutes_uses_the_retraining_engine(tmp_path):
-    from hdnas.data import from_arrays
+    from hdnas.core.data import from_arrays
 
     rng = np.random.default_rng(0)
     data = from_arrays([(f"a{i}", (rng.random((32, 32, 3)) * 255).astype(np.uint8)) for i in range(2)], 2, "t")

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hdnas.blocks import BicubicUpsample, Upsampler, symmetric_pad
-from hdnas.cost import count, fvcore_macs
-from hdnas.data import imresize
-from hdnas.genotype import CellGenotype, Genotype
-from hdnas.network import DerivedNet
+from hdnas.core.blocks import BicubicUpsample, Upsampler, symmetric_pad
+from hdnas.core.cost import count, fvcore_macs
+from hdnas.core.data import imresize
+from hdnas.core.genotype import CellGenotype, Genotype
+from hdnas.core.network import DerivedNet
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import pytest
 
-from hdnas.config import (
+from hdnas.core.config import (
     ConfigError,
     first_difference,
     format_count,

@@ -8,8 +8,8 @@ import random
 import pytest
 import torch
 
-from hdnas.blocks import ESA
-from hdnas.cost import (
+from hdnas.core.blocks import ESA
+from hdnas.core.cost import (
     cost_bounds,
     cost_table,
     count,
@@ -18,12 +18,13 @@ from hdnas.cost import (
     fvcore_macs,
     indicator_probs,
 )
-from hdnas.derive import derive, random_genotype
-from hdnas.genotype import CellGenotype, Genotype
-from hdnas.network import DerivedNet
-from hdnas.ops import OPS, build_op, get_op
-from hdnas.space import SearchSpace
-from hdnas.supernet import SuperNet
+from hdnas.search.derive import derive
+from hdnas.zoo.sampler import random_genotype
+from hdnas.core.genotype import CellGenotype, Genotype
+from hdnas.core.network import DerivedNet
+from hdnas.core.ops import OPS, build_op, get_op
+from hdnas.core.space import SearchSpace
+from hdnas.search.supernet import SuperNet
 
 SCALES = (2, 3, 4)
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from hdnas.data import (
+from hdnas.core.data import (
     PatchDataset,
     bicubic_degrade,
     build_dataset,
@@ -27,8 +27,8 @@ from hdnas.data import (
     sample_named,
     split_train_val,
 )
-from hdnas.data.sample import SAMPLE_FILES, sample_dir
-from hdnas.errors import DataError
+from hdnas.core.data.sample import SAMPLE_FILES, sample_dir
+from hdnas.core.errors import DataError
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest: 2 threads thrash when a core is busy
 

@@ -7,10 +7,11 @@ import random
 import pytest
 import torch
 
-from hdnas.derive import argmax, derive, random_genotype, top_k
-from hdnas.network import DerivedNet
-from hdnas.space import ArchProbs, SearchSpace
-from hdnas.supernet import SuperNet
+from hdnas.search.derive import argmax, derive, top_k
+from hdnas.zoo.sampler import random_genotype
+from hdnas.core.network import DerivedNet
+from hdnas.core.space import ArchProbs, SearchSpace
+from hdnas.search.supernet import SuperNet
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -101,9 +102,9 @@ def test_random_genotype(shared):
 def test_derive_within_budget_lands_in_band_with_few_swaps():
     import torch
 
-    from hdnas.cost import cost_bounds, count
-    from hdnas.derive import derive, derive_within_budget
-    from hdnas.supernet import SuperNet
+    from hdnas.core.cost import cost_bounds, count
+    from hdnas.search.derive import derive, derive_within_budget
+    from hdnas.search.supernet import SuperNet
 
     torch.manual_seed(0)
     for shared in (False, True):

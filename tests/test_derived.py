@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from hdnas.cost import count
-from hdnas.genotype import load_genotype, scale_from_filename
-from hdnas.search import SearchConfig
-from hdnas.config import from_dict
+from hdnas.core.cost import count
+from hdnas.core.genotype import load_genotype, scale_from_filename
+from hdnas.search.engine import SearchConfig
+from hdnas.core.config import from_dict
 
 DERIVED = sorted((Path(__file__).resolve().parents[1] / "derived").glob("*.json"))
 

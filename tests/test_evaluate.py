@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from conftest import REPO_ROOT, shared_data_dir, shared_data_root
-from hdnas.data import from_arrays, load_folder
-from hdnas.evaluation import bicubic_model, evaluate_bicubic_y, evaluate_model, format_table, write_json_atomic
+from hdnas.core.data import from_arrays, load_folder
+from hdnas.core.evaluation import bicubic_model, evaluate_bicubic_y, evaluate_model, format_table, write_json_atomic
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest: 2 threads thrash when a core is busy
 

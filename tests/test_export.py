@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT
-from hdnas.derive import random_genotype
-from hdnas.export import ExportError, MIN_SIDE_ESA, TraceableESA, export_model, exportable
-from hdnas.network import DerivedNet
-from hdnas.space import SearchSpace
+from hdnas.zoo.sampler import random_genotype
+from hdnas.deploy.export import ExportError, MIN_SIDE_ESA, TraceableESA, export_model, exportable
+from hdnas.core.network import DerivedNet
+from hdnas.core.space import SearchSpace
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 ort = pytest.importorskip("onnxruntime")
@@ -60,7 +60,7 @@ def test_traceable_esa_is_the_same_function():
 
 
 def test_a_broken_export_is_reported(tmp_path, monkeypatch):
-    import hdnas.export as ex
+    import hdnas.deploy.export as ex
 
     monkeypatch.setattr(ex, "check_onnx", lambda path, model, size: 0.5)
     with pytest.raises(ExportError, match="ONNX output differs from PyTorch by 0.5"):
@@ -70,8 +70,8 @@ def test_a_broken_export_is_reported(tmp_path, monkeypatch):
 
 
 def test_export_tool_from_a_checkpoint(tmp_path, capsys):
-    from hdnas.checkpoint import save_checkpoint
-    from hdnas.train import CHECKPOINT_FORMAT
+    from hdnas.core.run import save_checkpoint
+    from hdnas.core.weights import CHECKPOINT_FORMAT
 
     net = tiny_net(2, True)
     state = {"format": CHECKPOINT_FORMAT, "genotype": net.genotype.to_dict(), "scale": 2,

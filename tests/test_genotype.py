@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hdnas.errors import ConfigError
-from hdnas.genotype import FORMAT_VERSION, CellGenotype, Genotype, load_genotype, scale_from_filename
+from hdnas.core.errors import ConfigError
+from hdnas.core.genotype import FORMAT_VERSION, CellGenotype, Genotype, load_genotype, scale_from_filename
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hdnas.data.imresize import (
+from hdnas.core.data.imresize import (
     bicubic_degrade,
     contributions,
     cubic,

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from hdnas.derive import random_genotype
-from hdnas.inference import _splits, receptive_field, tiled_forward, upscale
-from hdnas.network import DerivedNet
-from hdnas.space import SearchSpace
+from hdnas.zoo.sampler import random_genotype
+from hdnas.core.inference import _splits, receptive_field, tiled_forward, upscale
+from hdnas.core.network import DerivedNet
+from hdnas.core.space import SearchSpace
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from hdnas.config import ConfigError, from_dict
-from hdnas.dual import DualModel
-from hdnas.losses import (
+from hdnas.core.config import ConfigError, from_dict
+from hdnas.train.dual import DualModel
+from hdnas.train.losses import (
     CompositeLoss,
     ImportanceConfig,
     ImportanceLearner,

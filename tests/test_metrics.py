@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hdnas.metrics import psnr_from_mse, psnr_y, psnr_y_batch, rgb_to_y, ssim_y, ssim_y_batch, to_levels
+from hdnas.core.metrics import psnr_from_mse, psnr_y, psnr_y_batch, rgb_to_y, ssim_y, ssim_y_batch, to_levels
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest: 2 threads thrash when a core is busy
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hdnas.cost import count
-from hdnas.derive import random_genotype
-from hdnas.errors import ConfigError
-from hdnas.genotype import CellGenotype, Genotype
-from hdnas.network import DerivedNet, build_network
-from hdnas.space import SearchSpace
+from hdnas.core.cost import count
+from hdnas.zoo.sampler import random_genotype
+from hdnas.core.errors import ConfigError
+from hdnas.core.genotype import CellGenotype, Genotype
+from hdnas.core.network import DerivedNet, build_network
+from hdnas.core.space import SearchSpace
 
 
 # small tensors: one thread is faster, and robust while another process keeps a core busy

@@ -11,11 +11,11 @@ from pathlib import Path
 import graphviz
 import pytest
 
-from hdnas import render
-from hdnas.errors import ConfigError
-from hdnas.genotype import CellGenotype, Genotype
-from hdnas.ops import OPS
-from hdnas.render import (
+from hdnas.core import render
+from hdnas.core.errors import ConfigError
+from hdnas.core.genotype import CellGenotype, Genotype
+from hdnas.core.ops import OPS
+from hdnas.core.render import (
     distinct_cells,
     render_cell,
     render_network,
@@ -25,7 +25,7 @@ from hdnas.render import (
     short_label,
     write_drawings,
 )
-from hdnas.space import ArchProbs, SearchSpace
+from hdnas.core.space import ArchProbs, SearchSpace
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_DOT = shutil.which("dot") is not None
@@ -216,7 +216,7 @@ def test_write_drawings_without_dot(tmp_path, monkeypatch):
     written = write_drawings(geno(), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cell_1.gv", "cell_2.gv", "cell_4.gv", "network.gv"]
     assert written.dot_missing and "apt-get install graphviz" in written.message and "brew" in written.message
-    assert written.paths == list(written)  # what hdnas.search reads
+    assert written.paths == list(written)  # what hdnas.search.engine reads
     assert graphviz.Source((tmp_path / "network.gv").read_text(encoding="utf-8")).source.startswith("digraph")
 
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from hdnas.checkpoint import load_checkpoint
-from hdnas.config import ConfigError
-from hdnas.genotype import load_genotype
-from hdnas.search import SearchError, Searcher, load_search_config, run_search
+from hdnas.core.run import load_checkpoint
+from hdnas.core.config import ConfigError
+from hdnas.core.genotype import load_genotype
+from hdnas.search.engine import SearchError, Searcher, load_search_config, run_search
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -190,7 +190,7 @@ def test_cli_bad_budget_exits_2_with_message(tmp_path, images):
 
 
 def test_shipped_configs_load_and_default_space_matches_its_yaml():
-    from hdnas.space import SearchSpace, load_space
+    from hdnas.core.space import SearchSpace, load_space
 
     assert load_space(REPO / "search_spaces" / "default.yaml") == SearchSpace()
     paper = load_search_config(REPO / "search_spaces" / "dlsr_div2k.yaml")

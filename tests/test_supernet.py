@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hdnas.space import SearchSpace
-from hdnas.supernet import MixedOp, SuperNet
+from hdnas.core.space import SearchSpace
+from hdnas.search.supernet import MixedOp, SuperNet
 
 
 # small tensors: one thread is faster, and robust while another process keeps a core busy
@@ -151,7 +151,7 @@ def test_fused_switch_propagates_and_keeps_parameters():
 
 
 def test_dilated_depthwise_gradcheck():
-    from hdnas.supernet import dilated_depthwise
+    from hdnas.search.supernet import dilated_depthwise
 
     torch.manual_seed(0)
     for k in (3, 5):

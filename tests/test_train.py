@@ -16,23 +16,16 @@ import torch
 from PIL import Image
 
 from conftest import REPO_ROOT
-from hdnas.checkpoint import load_checkpoint
-from hdnas.config import ConfigError
-from hdnas.data import from_arrays
-from hdnas.derive import random_genotype
-from hdnas.genotype import Genotype
-from hdnas.network import DerivedNet
-from hdnas.space import SearchSpace
-from hdnas.train import (
-    TrainError,
-    Trainer,
-    build_data,
-    genotype_mismatch,
-    load_model,
-    load_retrain_config,
-    lr_factor,
-    run_retrain,
-)
+from hdnas.core.run import load_checkpoint
+from hdnas.core.config import ConfigError
+from hdnas.core.errors import WeightsError
+from hdnas.core.data import from_arrays
+from hdnas.zoo.sampler import random_genotype
+from hdnas.core.genotype import Genotype
+from hdnas.core.network import DerivedNet
+from hdnas.core.space import SearchSpace
+from hdnas.train.trainer import TrainError, Trainer, build_data, load_retrain_config, lr_factor, run_retrain
+from hdnas.core.weights import genotype_mismatch, load_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -178,11 +171,11 @@ def test_checkpoint_for_another_genotype_or_scale_is_refused(tmp_path):
     t.run()
     ckpt = tmp_path / "last.pt"
     x4 = tiny_genotype(scale=4)
-    with pytest.raises(TrainError, match="checkpoint is for ×2, genotype is ×4"):
+    with pytest.raises(WeightsError, match="checkpoint is for ×2, genotype is ×4"):
         load_model(ckpt, x4)
     other = tiny_genotype()
     other.cells[1].ops = ["conv_1x1" if o != "conv_1x1" else "conv_3x3" for o in other.cells[1].ops]
-    with pytest.raises(TrainError, match=r"cells\[1\]\.ops differ"):
+    with pytest.raises(WeightsError, match=r"cells\[1\]\.ops differ"):
         load_model(ckpt, other)
     with pytest.raises(TrainError, match=r"cells\[1\]\.ops differ"):
         make_trainer(tmp_path, tiny_cfg(**{"train.steps": 1}), genotype=other).resume()
@@ -191,7 +184,7 @@ def test_checkpoint_for_another_genotype_or_scale_is_refused(tmp_path):
     assert genotype_mismatch(t.genotype.to_dict(), t.genotype) is None
     # a bare state dict needs the genotype
     torch.save(t.model.state_dict(), tmp_path / "bare.pt")
-    with pytest.raises(TrainError, match="pass the genotype"):
+    with pytest.raises(WeightsError, match="pass the genotype"):
         load_model(tmp_path / "bare.pt")
     assert load_model(tmp_path / "bare.pt", t.genotype)[1] is t.genotype
 
@@ -269,8 +262,8 @@ def test_retrain_tool_end_to_end_then_evaluate_and_refuse_overwrite(tmp_path, ca
     assert res["images"] == 2 and res["scale"] == 2 and np.isfinite(res["psnr"])
     assert sorted(p.name for p in (tmp_path / "sr").rglob("*.png")) == ["img00.png", "img01.png"]
     net, _ = load_model(run / "best.pt")
-    from hdnas.data import load_folder
-    from hdnas.evaluation import evaluate_model
+    from hdnas.core.data import load_folder
+    from hdnas.core.evaluation import evaluate_model
 
     assert res["psnr"] == pytest.approx(evaluate_model(net, load_folder(val, 2), 2)["psnr"], abs=1e-9)
 
@@ -304,8 +297,8 @@ def test_two_processes_make_the_same_update_as_one(tmp_path):
 
 
 def test_shipped_run_configs_load_and_the_cpu_one_spells_out_the_defaults():
-    from hdnas.config import to_dict
-    from hdnas.train import RetrainConfig
+    from hdnas.core.config import to_dict
+    from hdnas.train.trainer import RetrainConfig
 
     cpu = load_retrain_config(REPO_ROOT / "search_spaces" / "retrain_cpu.yaml")
     assert to_dict(cpu) == to_dict(RetrainConfig())

@@ -9,12 +9,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hdnas.cost import HR_SIZE, cost_bounds, count, fvcore_macs
-from hdnas.errors import ConfigError
-from hdnas.genotype import Genotype
-from hdnas.metrics import rgb_to_y
-from hdnas.network import DerivedNet
-from hdnas.space import SearchSpace
+from hdnas.core.cost import HR_SIZE, cost_bounds, count, fvcore_macs
+from hdnas.core.errors import ConfigError
+from hdnas.core.genotype import Genotype
+from hdnas.core.metrics import rgb_to_y
+from hdnas.core.network import DerivedNet
+from hdnas.core.space import SearchSpace
 from hdnas.zoo import (
     REFERENCES,
     SamplerError,
@@ -58,7 +58,7 @@ def test_reference_cost_is_fvcore_plus_extras(name, scale):
 
 
 def test_bicubic_is_free_and_matches_imresize():
-    from hdnas.data import imresize
+    from hdnas.core.data import imresize
 
     cost = reference_cost("bicubic", 4)
     assert (cost.macs, cost.params) == (0, 0)

@@ -11,7 +11,7 @@
 Results merge into --json (default runs/benchmark/benchmark.json, --quick: runs/benchmark/quick.json):
 a record replaces the one with the same key, so a suite can run piece by piece. Without --suite,
 the search and models suites run (quality trains for about an hour; ask for it by name).
-All logic lives in hdnas.benchmark; this file parses arguments and prints.
+All logic lives in hdnas.bench.common; this file parses arguments and prints.
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ import argparse
 import sys
 from pathlib import Path
 
-try:
-    import hdnas  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The checkout this tool lives in comes first, so a tool always runs the library beside it
+# (not another checkout's editable install).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hdnas.errors import HdnasError
+from hdnas.core.errors import HdnasError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
 
-        from hdnas import benchmark as B
-        from hdnas.config import parse_count
+        from hdnas.bench import common as B
+        from hdnas.core.config import parse_count
 
         if args.threads:
             torch.set_num_threads(args.threads)

@@ -5,8 +5,8 @@
     python tools/evaluate.py --model bicubic --scale 4 --data DIR --json out/bicubic.json
 
 Without --data the built-in sample set's validation images are used.  ``--model bicubic-y`` is the
-Y-channel protocol the published bicubic rows were made with (see hdnas.evaluation).
-All logic lives in hdnas.evaluation; this file parses arguments and prints.
+Y-channel protocol the published bicubic rows were made with (see hdnas.core.evaluation).
+All logic lives in hdnas.core.evaluation; this file parses arguments and prints.
 
 Trained nets (the scale is the genotype's):
 
@@ -14,7 +14,7 @@ Trained nets (the scale is the genotype's):
     python tools/evaluate.py --genotype derived/x4.json --weights weights.pt --data DIR --save-images out/sr
 
 Images are processed whole, or in overlapping tiles when they do not fit in memory (or with
---tile); tiling is exact for nets without ESA (see hdnas.inference).
+--tile); tiling is exact for nets without ESA (see hdnas.core.inference).
 """
 
 from __future__ import annotations
@@ -23,12 +23,11 @@ import argparse
 import sys
 from pathlib import Path
 
-try:
-    import hdnas  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The checkout this tool lives in comes first, so a tool always runs the library beside it
+# (not another checkout's editable install).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hdnas.errors import HdnasError
+from hdnas.core.errors import HdnasError
 
 MODELS = ("bicubic", "bicubic-y")
 
@@ -72,8 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        from hdnas.data import build_dataset
-        from hdnas.evaluation import bicubic_model, evaluate_bicubic_y, evaluate_model, format_table, write_json_atomic
+        from hdnas.core.data import build_dataset
+        from hdnas.core.evaluation import bicubic_model, evaluate_bicubic_y, evaluate_model, format_table, write_json_atomic
 
         net, label = _trained_net(args)
         if args.depth:
@@ -106,11 +105,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _depth_sweep(net, args: argparse.Namespace) -> int:
-    from hdnas.adaptive import AdaptiveNet, depth_sweep
-    from hdnas.data import build_dataset
-    from hdnas.evaluation import write_json_atomic
-    from hdnas.plots import save_depth_sweep_png
-    from hdnas.train import load_model
+    from hdnas.core.adaptive import AdaptiveNet
+    from hdnas.deploy.depth import depth_sweep
+    from hdnas.core.data import build_dataset
+    from hdnas.core.evaluation import write_json_atomic
+    from hdnas.core.plots import save_depth_sweep_png
+    from hdnas.core.weights import load_model
 
     if not isinstance(net, AdaptiveNet):
         raise HdnasError("--depth needs an adaptive checkpoint (retrained with adaptive.enabled=true)")
@@ -131,7 +131,7 @@ def _depth_sweep(net, args: argparse.Namespace) -> int:
 
 
 def _device(name: str):
-    from hdnas.distributed import resolve_device
+    from hdnas.core.distributed import resolve_device
 
     return resolve_device(name)
 
@@ -145,8 +145,8 @@ def _trained_net(args: argparse.Namespace):
     path = args.checkpoint or args.weights
     if path is None:
         return None, None
-    from hdnas.genotype import load_genotype
-    from hdnas.train import load_model
+    from hdnas.core.genotype import load_genotype
+    from hdnas.core.weights import load_model
 
     geno = load_genotype(args.genotype) if args.genotype else None
     net, _ = load_model(path, geno, prefer_ema=not args.raw)
@@ -163,7 +163,7 @@ def _saving(model_fn, args: argparse.Namespace, dataset):
     import torch
     from PIL import Image
 
-    from hdnas.metrics import to_levels
+    from hdnas.core.metrics import to_levels
 
     folder = Path(args.save_images) / dataset.name / f"x{dataset.scale}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -179,7 +179,7 @@ def _saving(model_fn, args: argparse.Namespace, dataset):
 
 
 def _net_fn(net, args: argparse.Namespace, dataset):
-    from hdnas.inference import upscale
+    from hdnas.core.inference import upscale
 
     return _saving(lambda lr: upscale(net, lr, tile=args.tile, overlap=args.overlap), args, dataset)
 

@@ -6,7 +6,7 @@ Examples:
   python tools/export.py --checkpoint best.pt --onnx x4.onnx --torchscript x4.pt
   python tools/export.py --checkpoint weights.pt --genotype derived/x4.json --onnx x4.onnx   # bare state dict
 
-Input: float32 RGB in [0, 1], (N, 3, h, w); output (N, 3, s·h, s·w). The logic lives in hdnas.export.
+Input: float32 RGB in [0, 1], (N, 3, h, w); output (N, 3, s·h, s·w). The logic lives in hdnas.deploy.export.
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-try:
-    import hdnas  # noqa: F401
-except ImportError:  # running from a source checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The checkout this tool lives in comes first, so a tool always runs the library beside it
+# (not another checkout's editable install).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hdnas.errors import HdnasError  # noqa: E402
+from hdnas.core.errors import HdnasError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.onnx and not args.torchscript:
         p.error("nothing to do: pass --onnx and/or --torchscript")
     try:
-        from hdnas.export import export_model
-        from hdnas.genotype import load_genotype
-        from hdnas.train import load_model
+        from hdnas.deploy.export import export_model
+        from hdnas.core.genotype import load_genotype
+        from hdnas.core.weights import load_model
 
         geno = load_genotype(args.genotype) if args.genotype else None
         net, geno = load_model(args.checkpoint, geno, prefer_ema=not args.raw)

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from hdnas.space import load_space  # noqa: E402
-from hdnas.supernet import SuperNet  # noqa: E402
+from hdnas.core.space import load_space  # noqa: E402
+from hdnas.search.supernet import SuperNet  # noqa: E402
 
 VARIANTS = {  # name -> (fused, channels_last)
     "fused channels_last": (True, True),

@@ -11,12 +11,11 @@ import argparse
 import sys
 from pathlib import Path
 
-try:
-    import hdnas  # noqa: F401
-except ImportError:  # running from a source checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The checkout this tool lives in comes first, so a tool always runs the library beside it
+# (not another checkout's editable install).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hdnas.errors import HdnasError  # noqa: E402
+from hdnas.core.errors import HdnasError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--formats", default="svg,png", help="comma-separated output formats (default: %(default)s)")
     args = p.parse_args(argv)
 
-    from hdnas.genotype import load_genotype
-    from hdnas.render import write_drawings
+    from hdnas.core.genotype import load_genotype
+    from hdnas.core.render import write_drawings
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     try:

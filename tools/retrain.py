@@ -10,7 +10,7 @@ Examples:
   torchrun --nproc_per_node=2 tools/retrain.py --genotype derived/x4.json  # data-parallel, same global batch
 
 Writes best.pt and last.pt (atomic, weights_only-loadable) and TensorBoard logs to --out
-(default runs/<name>/). The logic lives in hdnas.train.
+(default runs/<name>/). The logic lives in hdnas.train.trainer.
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ import argparse
 import sys
 from pathlib import Path
 
-try:
-    import hdnas  # noqa: F401
-except ImportError:  # running from a source checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The checkout this tool lives in comes first, so a tool always runs the library beside it
+# (not another checkout's editable install).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hdnas.errors import HdnasError  # noqa: E402
+from hdnas.core.errors import HdnasError  # noqa: E402
 
 
 def _list(values: list[str]) -> str:
@@ -48,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="config overrides, e.g. train.steps=500 loss.dual.weight=0.2")
     args = p.parse_intermixed_args(argv)
 
-    from hdnas.train import load_retrain_config, run_retrain
+    from hdnas.train.trainer import load_retrain_config, run_retrain
 
     extra = list(args.overrides)
     if args.genotype:

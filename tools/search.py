@@ -15,13 +15,12 @@ import argparse
 import sys
 from pathlib import Path
 
-try:
-    import hdnas  # noqa: F401
-except ImportError:  # running from a source checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The checkout this tool lives in comes first, so a tool always runs the library beside it
+# (not another checkout's editable install).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hdnas.config import format_count  # noqa: E402
-from hdnas.errors import HdnasError  # noqa: E402
+from hdnas.core.config import format_count  # noqa: E402
+from hdnas.core.errors import HdnasError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. search.epochs=20 space.channels=48")
     args = p.parse_intermixed_args(argv)
 
-    from hdnas.search import load_search_config, run_search
+    from hdnas.search.engine import load_search_config, run_search
 
     extra = list(args.overrides)
     if args.scale is not None:

@@ -14,19 +14,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-try:
-    import hdnas  # noqa: F401
-except ImportError:  # running from a source checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The checkout this tool lives in comes first, so a tool always runs the library beside it
+# (not another checkout's editable install).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hdnas.errors import HdnasError  # noqa: E402
+from hdnas.core.errors import HdnasError  # noqa: E402
 
 HR_SIZE = (720, 1280)  # (height, width) of the reference HR output, as lightweight-SR papers count
 
 
 def costs(geno: Any, fvcore: bool) -> dict[str, Any]:
-    """Parameters and Multi-Adds from ``hdnas.cost``; imported lazily (torch is slow to import)."""
-    from hdnas import cost
+    """Parameters and Multi-Adds from ``hdnas.core.cost``; imported lazily (torch is slow to import)."""
+    from hdnas.core import cost
 
     report = cost.count(geno, hr_size=HR_SIZE)
     out: dict[str, Any] = {
@@ -39,7 +38,7 @@ def costs(geno: Any, fvcore: bool) -> dict[str, Any]:
     }
     if fvcore:
         try:
-            from hdnas.network import DerivedNet
+            from hdnas.core.network import DerivedNet
 
             out["macs_fvcore"] = cost.fvcore_macs(DerivedNet(geno), tuple(report.lr_size))
         except ImportError as exc:  # fvcore is an optional cross-check, not a reason to fail
@@ -74,8 +73,8 @@ def _name(j: int) -> str:
 
 
 def print_text(info: dict[str, Any]) -> None:
-    from hdnas.config import format_count
-    from hdnas.ops import OPS
+    from hdnas.core.config import format_count
+    from hdnas.core.ops import OPS
 
     (hh, hw), (lh, lw) = info["hr_size"], info["lr_size"]
     print(f"genotype   {info['file']}")
@@ -116,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-fvcore", action="store_true", help="skip fvcore's cross-check (it builds and traces the net)")
     args = p.parse_args(argv)
 
-    from hdnas.genotype import load_genotype
+    from hdnas.core.genotype import load_genotype
 
     try:
         geno = load_genotype(args.genotype, scale=args.scale)

@@ -17,9 +17,9 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-from hdnas.cost import HR_SIZE, count
-from hdnas.errors import ConfigError
-from hdnas.genotype import Genotype
+from hdnas.core.cost import HR_SIZE, count
+from hdnas.core.errors import ConfigError
+from hdnas.core.genotype import Genotype
 from hdnas.zoo.bicubic import Bicubic, bicubic_cost
 from hdnas.zoo.common import ModelCost, num_params
 from hdnas.zoo.fsrcnn import FSRCNN, YChannelSR, build_fsrcnn, fsrcnn_cost
@@ -67,12 +67,12 @@ class Reference:
 def genotype_cost(genotype: Genotype, hr_size: tuple[int, int] = HR_SIZE) -> ModelCost:
     report = count(genotype, hr_size)
     return ModelCost(macs=report.macs, params=report.params, lr_size=report.lr_size, extras=report.extras,
-                     note="extras: ESA gates (see hdnas.cost)" if report.extras else "")
+                     note="extras: ESA gates (see hdnas.core.cost)" if report.extras else "")
 
 
 def _from_genotype(make: Callable[..., Genotype]) -> tuple[Callable[..., nn.Module], Callable[..., ModelCost]]:
     def build(scale: int, **kw) -> nn.Module:
-        from hdnas.network import DerivedNet
+        from hdnas.core.network import DerivedNet
 
         return DerivedNet(make(scale, **kw))
 

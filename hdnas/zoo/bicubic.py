@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from hdnas.cost import HR_SIZE, lr_size_for
-from hdnas.data import imresize
+from hdnas.core.cost import HR_SIZE, lr_size_for
+from hdnas.core.data import imresize
 from hdnas.zoo.common import ModelCost
 
 __all__ = ["Bicubic", "bicubic_cost"]

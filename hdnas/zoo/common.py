@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hdnas.cost import HR_SIZE, lr_size_for
+from hdnas.core.cost import HR_SIZE, lr_size_for
 
 __all__ = ["HR_SIZE", "ModelCost", "lr_size_for", "num_params"]
 
@@ -13,7 +13,7 @@ __all__ = ["HR_SIZE", "ModelCost", "lr_size_for", "num_params"]
 class ModelCost:
     """Exact cost of one network at an HR output of ``hr_size`` (height, width).
 
-    ``macs`` follows :mod:`hdnas.cost`'s convention (convolutions, bilinear upsampling, and the
+    ``macs`` follows :mod:`hdnas.core.cost`'s convention (convolutions, bilinear upsampling, and the
     feature-map multiplications fvcore skips, which are ``extras``), so that
     ``macs == fvcore_macs(module) + extras`` for every reference net. ``paper_macs`` is the figure
     under the convention the original paper used, where that differs (FSRCNN's deconvolution).

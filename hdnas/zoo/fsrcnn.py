@@ -24,13 +24,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hdnas.cost import HR_SIZE, lr_size_for
-from hdnas.ops import conv_macs, conv_params
+from hdnas.core.cost import HR_SIZE, lr_size_for
+from hdnas.core.ops import conv_macs, conv_params
 from hdnas.zoo.common import ModelCost
 
 __all__ = ["FSRCNN", "YChannelSR", "fsrcnn_cost", "build_fsrcnn"]
 
-# BT.601 "studio swing", RGB in [0, 1] -> YCbCr in [0, 1] (Y in [16, 235]/255), as hdnas.metrics.
+# BT.601 "studio swing", RGB in [0, 1] -> YCbCr in [0, 1] (Y in [16, 235]/255), as hdnas.core.metrics.
 _RGB_TO_YCBCR = (
     (65.481, 128.553, 24.966),
     (-37.797, -74.203, 112.0),

@@ -23,9 +23,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hdnas.cost import HR_SIZE, lr_size_for
-from hdnas.genotype import CellGenotype, Genotype
-from hdnas.ops import conv_macs, conv_params
+from hdnas.core.cost import HR_SIZE, lr_size_for
+from hdnas.core.genotype import CellGenotype, Genotype
+from hdnas.core.ops import conv_macs, conv_params
 from hdnas.zoo.common import ModelCost
 
 __all__ = ["IMDN", "IMDB", "CCA", "imdn_cost", "imdn_space_genotype"]

@@ -12,9 +12,9 @@ the width, so that RFDN can be compared with a searched net at equal Multi-Adds.
 
 from __future__ import annotations
 
-from hdnas.cost import HR_SIZE, count
-from hdnas.errors import ConfigError
-from hdnas.genotype import CellGenotype, Genotype
+from hdnas.core.cost import HR_SIZE, count
+from hdnas.core.errors import ConfigError
+from hdnas.core.genotype import CellGenotype, Genotype
 
 __all__ = ["RFDN_CHANNELS", "RFDN_CELLS", "rfdn_genotype", "rfdn_channels_for_macs", "rfdn_for_macs"]
 

@@ -2,7 +2,7 @@
 
 A search is only worth its cost if it beats architectures drawn at random *at the same cost*.
 :func:`random_genotypes` first tries plain rejection sampling (draw with
-:func:`hdnas.derive.random_genotype`, keep those in range): its samples are exactly uniform over the
+:func:`hdnas.search.derive.random_genotype`, keep those in range): its samples are exactly uniform over the
 space's genotypes in range. When the range holds too small a share of the space for that to finish
 within ``rejection_tries`` draws, the rest come from a guided sampler: draw the network level
 (inputs, fusion) as before, then the ops slot by slot, each uniformly among those that still let
@@ -16,12 +16,11 @@ import json
 import random
 from dataclasses import dataclass
 
-from hdnas.config import format_count
-from hdnas.cost import HR_SIZE, cost_bounds, cost_table, count
-from hdnas.derive import random_genotype
-from hdnas.errors import ConfigError
-from hdnas.genotype import CellGenotype, Genotype
-from hdnas.space import SearchSpace
+from hdnas.core.config import format_count
+from hdnas.core.cost import HR_SIZE, cost_bounds, cost_table, count
+from hdnas.core.errors import ConfigError
+from hdnas.core.genotype import CellGenotype, Genotype
+from hdnas.core.space import SearchSpace
 
 __all__ = ["random_genotypes", "genotype_macs_fast", "SamplerError"]
 
@@ -116,7 +115,7 @@ def random_genotypes(
     """``n`` valid genotypes of ``space`` whose exact Multi-Adds at ``hr_size`` (H, W) lie in ``macs_range``.
 
     ``macs_range`` None: any cost (plain random genotypes). Raises :class:`SamplerError` when the
-    range lies outside what the space can reach (:func:`hdnas.cost.cost_bounds`), or when fewer
+    range lies outside what the space can reach (:func:`hdnas.core.cost.cost_bounds`), or when fewer
     than ``n`` (distinct) genotypes were found after ``rejection_tries`` rejection draws plus
     ``max_tries`` guided draws. Deterministic for a given ``rng`` seed.
     """
@@ -174,3 +173,20 @@ def random_genotypes(
         if exact != g.provenance["multi_adds"]:
             raise AssertionError(f"fast cost {g.provenance['multi_adds']} != count() {exact}")
     return found
+
+
+def random_genotype(space: SearchSpace, rng: random.Random | int | None = None) -> Genotype:
+    """A uniformly random derivable genotype of ``space`` (the NAS sanity baseline)."""
+    space.validate()
+    if not isinstance(rng, random.Random):
+        rng = random.Random(rng)
+    shared_ops = [rng.choice(space.ops) for _ in range(space.steps)]
+    cells = []
+    for i in range(1, space.cells + 1):
+        ops = list(shared_ops) if space.shared_alpha else [rng.choice(space.ops) for _ in range(space.steps)]
+        inputs = sorted(rng.sample(range(i), space.inputs_kept(i)))
+        cells.append(CellGenotype(ops=ops, inputs=inputs))
+    fusion = sorted(rng.sample(range(1, space.cells + 1), space.fusion_cells))
+    return Genotype(
+        scale=space.scale, channels=space.channels, cells=cells, fusion=fusion, esa=space.esa, upsampler=space.upsampler
+    )

@@ -1,0 +1,1 @@
+"""Benchmark suites behind ``tools/benchmark.py``; imported by nothing in the library."""

@@ -1,0 +1,312 @@
+"""AdaDSR depth adapters: one trained network whose inference cost is tuned per image region.
+
+After Liu et al., "Deep Adaptive Inference Networks for Single Image Super-Resolution" (AdaDSR).
+A light adapter reads the stem features and a desired average depth ``d`` and predicts a depth map
+``D ≥ 0``; gated unit ``u`` computes ``x + clamp(D − u, 0, 1) · f(x)`` per pixel, so where
+``D ≤ u`` the unit is the identity and need not run.
+
+Granularity: the unit is a cell's *refinement step* ``x ← lrelu(op(x) + x)``, written
+``x + g·(lrelu(op(x) + x) − x)``. Why not whole cells: an information-distillation cell has no
+identity path of its own (its output is ``ESA(fuse(distilled parts))``), and ESA pools over the
+whole image, so a cell run on a few tiles does not give the cell's output there. The refinement
+ops are local convolutions (radius known from the registry) and carry most of a cell's cost (78 %
+for a 32-channel cell of 3×3 convs), so they can be skipped tile by tile *exactly*. The cheap
+per-step distillation 1×1s, the last 3×3, the cell fusion and ESA stay dense.
+
+Groups (``groups``): ``network`` — one map, units numbered through the live cells in order
+(``U = cells × steps``, d ∈ [0, U]; shallow means the late cells' steps go first, as in the paper's
+single map over residual blocks); ``cell`` — one map per live cell gating its own steps
+(d ∈ [0, steps]).
+
+With ``pool`` (default) the depth map is averaged over each ``tile × tile`` block, in training and
+at inference, so gates are constant per block and the skipping honours them fully.
+
+Execution (:class:`AdaptiveNet`): ``dense`` computes every unit and multiplies by the gate (training,
+export); ``tiles`` (inference) splits the LR map into ``tile × tile`` blocks and runs a unit only on
+the blocks where its gate is non-zero somewhere, each with a halo of the op's radius, batched into
+one convolution call; a unit whose active blocks would cost more Multi-Adds than the whole map runs
+densely. Results equal the dense path (tested). This replaces AdaDSR's sparse convolution, which is
+slower than dense convolution on CPUs; ``tools/evaluate.py --depth`` measures the latency.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hdnas.core.blocks import lrelu
+from hdnas.core.config import ConfigError
+from hdnas.core.genotype import Genotype
+from hdnas.core.inference import op_radius
+from hdnas.core.network import DerivedNet
+from hdnas.core.ops import conv_macs, get_op
+
+__all__ = [
+    "AdaptiveConfig", "DepthAdapter", "AdaptiveNet", "DepthCost", "cost_at_depth",
+    "active_tiles",
+]
+
+GROUPS = ("network", "cell")
+
+
+@dataclass
+class AdaptiveConfig:
+    enabled: bool = False
+    groups: str = "network"  # network: one depth map over all refinement steps | cell: one map per live cell
+    channels: int = 16  # adapter width
+    layers: int = 3  # adapter 3×3 convs (PReLU between)
+    depth_range: list = field(default_factory=lambda: [0.0, None])  # d ~ U[lo, hi] per image; None: all units
+    weight: float = 0.02  # λ of λ·max(0, mean(D) − d)
+    tile: int = 16  # LR block side of the skipping execution
+    pool: bool = True  # average the depth map over each tile: gates are what the tiles execution can skip
+    val_depth: Optional[float] = None  # depth that validation scores; None: the top of depth_range
+
+    def validate(self) -> None:
+        if self.groups not in GROUPS:
+            raise ConfigError(f"adaptive.groups: expected one of {', '.join(GROUPS)}, got '{self.groups}'")
+        if self.channels < 1 or self.layers < 2:
+            raise ConfigError("adaptive.channels: expected ≥ 1 and adaptive.layers ≥ 2 (3×3 convs)")
+        if not (isinstance(self.depth_range, (list, tuple)) and len(self.depth_range) == 2):
+            raise ConfigError(f"adaptive.depth_range: expected [lo, hi], got {self.depth_range}")
+        lo, hi = self.depth_range
+        if lo is None or lo < 0 or (hi is not None and hi < lo):
+            raise ConfigError(f"adaptive.depth_range: expected 0 ≤ lo ≤ hi, got {self.depth_range}")
+        if self.weight < 0:
+            raise ConfigError(f"adaptive.weight: expected a non-negative number, got {self.weight}")
+        if self.tile < 1:
+            raise ConfigError(f"adaptive.tile: expected at least 1, got {self.tile}")
+
+
+class DepthAdapter(nn.Module):
+    """A few 3×3 convs with PReLU on the stem features; ``D = d · 2σ(z)``.
+
+    ``d`` enters multiplicatively (the paper's design): one adapter serves every desired depth and
+    ``d = 0`` turns every unit off. ``2σ(z)`` keeps D in [0, 2d] with gradients everywhere (a ReLU
+    output can die); the last conv starts at zero, so training starts from ``D = d`` everywhere.
+    """
+
+    def __init__(self, c_in: int, channels: int = 16, layers: int = 3, maps: int = 1):
+        super().__init__()
+        mods: list[nn.Module] = []
+        c = c_in
+        for _ in range(layers - 1):
+            mods += [nn.Conv2d(c, channels, 3, padding=1), nn.PReLU(channels)]
+            c = channels
+        self.body = nn.Sequential(*mods)
+        self.head = nn.Conv2d(c, maps, 3, padding=1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, feat: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        z = self.head(self.body(feat))
+        return d.reshape(-1, 1, 1, 1).to(z.dtype) * 2.0 * torch.sigmoid(z)
+
+    def macs(self, h: int, w: int) -> int:
+        return sum(conv_macs(m.in_channels, m.out_channels, m.kernel_size[0], h, w)
+                   for m in self.modules() if isinstance(m, nn.Conv2d))
+
+
+def _tile_grid(h: int, w: int, tile: int) -> tuple[int, int]:
+    return math.ceil(h / tile), math.ceil(w / tile)
+
+
+def active_tiles(gate: torch.Tensor, tile: int) -> torch.Tensor:
+    """(B, nh, nw) bool: the ``tile × tile`` blocks of a (B, 1, H, W) gate that are non-zero somewhere."""
+    h, w = gate.shape[-2:]
+    nh, nw = _tile_grid(h, w, tile)
+    g = F.pad(gate, (0, nw * tile - w, 0, nh * tile - h))
+    return F.max_pool2d(g, tile)[:, 0] > 0
+
+
+def _use_tiles(n_active: int, tile: int, radius: int, h: int, w: int, batch: int) -> bool:
+    """Blocks with halos cost fewer Multi-Adds than the whole map (the rule cost and execution share)."""
+    return n_active * (tile + 2 * radius) ** 2 < batch * h * w
+
+
+def _run_op(op: nn.Module, x: torch.Tensor, inside: torch.Tensor | None) -> torch.Tensor:
+    """``op(x)`` on halo'd blocks; ``inside`` zeroes the positions outside the image after every layer
+    of a multi-layer op, as the dense op's zero padding does (a bias would otherwise leak in)."""
+    if inside is None or not isinstance(op, nn.Sequential):
+        return op(x)
+    for layer in op:
+        x = layer(x) * inside
+    return x
+
+
+class AdaptiveNet(DerivedNet):
+    """A derived net with a depth adapter and per-pixel gated refinement steps.
+
+    ``forward(lr, d)`` returns SR at desired depth ``d`` (default: the top of the trained range);
+    ``forward_depth`` also returns the depth map (training) and accepts a given ``depth_map``
+    (tests, cost checks). ``execution``: ``auto`` (tiles in eval mode without grad, else dense),
+    ``dense`` or ``tiles``.
+    """
+
+    def __init__(self, genotype: Genotype, cfg: AdaptiveConfig | None = None):
+        super().__init__(genotype)
+        cfg = cfg or AdaptiveConfig(enabled=True)
+        cfg.validate()
+        self.cfg = cfg
+        self.steps = genotype.steps
+        self.n_groups = 1 if cfg.groups == "network" else len(self.live)
+        self.units_per_group = self.steps * (len(self.live) if cfg.groups == "network" else 1)
+        self.adapter = DepthAdapter(genotype.channels, cfg.channels, cfg.layers, self.n_groups)
+        self.radii = {pos: [op_radius(op) for op in genotype.cells[i - 1].ops] for pos, i in enumerate(self.live)}
+        self.depth: float | None = None  # the default desired depth of forward(); None: depth_range's top
+        self.execution = "auto"
+
+    # -- depth ----------------------------------------------------------------------------------
+    def depth_bounds(self) -> tuple[float, float]:
+        lo, hi = self.cfg.depth_range
+        return float(lo), float(self.units_per_group if hi is None else hi)
+
+    def unit(self, pos: int, k: int) -> tuple[int, int]:
+        """(depth-map index, unit index within its group) of step k of the live cell at ``pos``."""
+        if self.cfg.groups == "network":
+            return 0, pos * self.steps + k
+        return pos, k
+
+    def depth_map(self, stem: torch.Tensor, d) -> torch.Tensor:
+        """The adapter's depth map for desired depth(s) ``d``; with ``pool``, constant over each tile.
+
+        Why pool: with a per-pixel map one deep pixel makes its whole block run; averaging per
+        block keeps mean(D) and makes the gates the ones that execution honours, in training as at
+        inference."""
+        depth = self.adapter(stem, self._d(d, stem))
+        if not self.cfg.pool:
+            return depth
+        t = self.cfg.tile
+        h, w = depth.shape[-2:]
+        pooled = F.avg_pool2d(depth, t, ceil_mode=True)
+        return pooled.repeat_interleave(t, dim=2).repeat_interleave(t, dim=3)[..., :h, :w]
+
+    def _d(self, d, lr: torch.Tensor) -> torch.Tensor:
+        if d is None:
+            d = self.depth if self.depth is not None else self.depth_bounds()[1]
+        d = torch.as_tensor(d, dtype=lr.dtype, device=lr.device)
+        return d.expand(lr.shape[0]) if d.dim() == 0 else d
+
+    # -- forward --------------------------------------------------------------------------------
+    def forward(self, lr: torch.Tensor, d=None) -> torch.Tensor:
+        return self.forward_depth(lr, d)[0]
+
+    def forward_depth(self, lr: torch.Tensor, d=None, depth_map: torch.Tensor | None = None,
+                      execution: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        mode = execution or self.execution
+        if mode == "auto":
+            mode = "tiles" if not self.training and not torch.is_grad_enabled() else "dense"
+        if mode not in ("dense", "tiles"):
+            raise ValueError(f"execution: expected auto, dense or tiles, got '{mode}'")
+        stem = self.stem(self.sub_mean(lr))
+        depth = self.depth_map(stem, d) if depth_map is None else depth_map.to(stem.dtype)
+        if depth.shape[1] != self.n_groups or depth.shape[-2:] != stem.shape[-2:]:
+            raise ValueError(f"depth map of shape {tuple(depth.shape)}: expected (B, {self.n_groups}, "
+                             f"{stem.shape[-2]}, {stem.shape[-1]})")
+
+        def step(pos: int, k: int, op: nn.Module, x: torch.Tensor) -> torch.Tensor:
+            g_idx, u = self.unit(pos, k)
+            gate = (depth[:, g_idx:g_idx + 1] - u).clamp(0, 1)
+            if mode == "dense":
+                return _gated(x, op(x), gate)
+            return self._tiled_step(op, x, gate, self.radii[pos][k])
+
+        return self.tail(stem, lr, step), depth
+
+    def _tiled_step(self, op: nn.Module, x: torch.Tensor, gate: torch.Tensor, r: int) -> torch.Tensor:
+        b, c, h, w = x.shape
+        t = self.cfg.tile
+        act = active_tiles(gate, t)
+        n = int(act.sum())
+        if n == 0:
+            return x
+        if not _use_tiles(n, t, r, h, w, b):
+            return _gated(x, op(x), gate)
+        nh, nw = act.shape[1:]
+        idx = act.reshape(-1).nonzero().squeeze(1)
+        blocks = _blocks(x, t, r, nh, nw)[idx]
+        inside = None
+        if isinstance(op, nn.Sequential) and r > 0:
+            ones = torch.ones(1, 1, h, w, dtype=x.dtype, device=x.device)
+            inside = _blocks(ones, t, r, nh, nw).repeat(b, 1, 1, 1)[idx]
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        y = _run_op(op, blocks.contiguous(memory_format=fmt), inside)
+        centre = (..., slice(r, r + t), slice(r, r + t))
+        out = _blocks(x, t, 0, nh, nw).clone()
+        out[idx] = _gated(blocks[centre], y[centre], _blocks(gate, t, 0, nh, nw)[idx])
+        out = out.reshape(b, nh, nw, c, t, t).permute(0, 3, 1, 4, 2, 5).reshape(b, c, nh * t, nw * t)
+        return out[..., :h, :w]
+
+
+def _gated(x: torch.Tensor, op_x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """A gated refinement step: ``x + g·(lrelu(op(x) + x) − x)``; g = 1 is the plain step, g = 0 the identity."""
+    return x + gate * (lrelu(op_x + x) - x)
+
+
+def _blocks(x: torch.Tensor, t: int, halo: int, nh: int, nw: int) -> torch.Tensor:
+    """(B·nh·nw, C, t + 2·halo, t + 2·halo): the t×t blocks of x, zero-padded past the image, with halos."""
+    pad = (halo, halo + nw * t - x.shape[-1], halo, halo + nh * t - x.shape[-2])
+    blocks = F.pad(x, pad).unfold(2, t + 2 * halo, t).unfold(3, t + 2 * halo, t)  # B, C, nh, nw, ., .
+    return blocks.permute(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1], t + 2 * halo, t + 2 * halo)
+
+
+
+
+
+
+@dataclass
+class DepthCost:
+    """Multi-Adds actually computed for one image at one depth map (see :func:`cost_at_depth`)."""
+
+    macs: int  # everything: dense parts + adapter + executed units
+    dense: int  # the plain net's cost without its refinement ops
+    adapter: int
+    units: list[int]  # per unit (live-cell order, steps within): executed op Multi-Adds + gate multiplies
+    full_units: int  # the refinement ops at full depth, dense, without gates (the plain net's)
+    plain: int  # the plain derived net on the same image
+
+    @property
+    def fraction(self) -> float:
+        return self.macs / self.plain
+
+
+def cost_at_depth(net: AdaptiveNet, depth_map: torch.Tensor) -> DepthCost:
+    """Exact Multi-Adds of ``net``'s tiles execution for one image whose depth map is ``depth_map``
+    (1, G, h, w) at LR size h×w: the plain net's count (:func:`hdnas.core.cost.count`, same conventions)
+    with each refinement op replaced by what runs — ``n_active · op(t + 2r)²`` on halo'd blocks, or
+    the whole map when that is cheaper, or nothing — plus one multiply per computed gated element
+    and the adapter's convs."""
+    from hdnas.core.cost import count
+
+    if depth_map.dim() != 4 or depth_map.shape[0] != 1:
+        raise ValueError("cost_at_depth: one image's depth map, shape (1, G, h, w)")
+    g = net.genotype
+    h, w = depth_map.shape[-2:]
+    s, c, t = g.scale, g.channels, net.cfg.tile
+    plain = count(g, hr_size=(h * s, w * s)).macs
+    full_units = sum(get_op(op).macs(c, c, h, w) for i in net.live for op in g.cells[i - 1].ops)
+    units = []
+    for pos, i in enumerate(net.live):
+        for k, op in enumerate(g.cells[i - 1].ops):
+            gi, u = net.unit(pos, k)
+            gate = (depth_map[:, gi:gi + 1] - u).clamp(0, 1)
+            n = int(active_tiles(gate, t).sum())
+            r = net.radii[pos][k]
+            if n == 0:
+                units.append(0)
+            elif _use_tiles(n, t, r, h, w, 1):
+                units.append(n * get_op(op).macs(c, c, t + 2 * r, t + 2 * r) + n * c * t * t)
+            else:
+                units.append(get_op(op).macs(c, c, h, w) + c * h * w)
+    adapter = net.adapter.macs(h, w)
+    dense = plain - full_units
+    return DepthCost(macs=dense + adapter + sum(units), dense=dense, adapter=adapter, units=units,
+                     full_units=full_units, plain=plain)
+
+
+
+

@@ -1,0 +1,17 @@
+"""Errors that users see: each names the file or field at fault, so tools can print it without a traceback."""
+
+
+class HdnasError(Exception):
+    """Base class for every error hdnas raises on purpose."""
+
+
+class DataError(HdnasError):
+    """A data folder or image is missing, unreadable or unusable."""
+
+
+class ConfigError(HdnasError):
+    """A config, search space or genotype field is wrong."""
+
+
+class WeightsError(HdnasError):
+    """A checkpoint or state dict does not hold weights that fit the net asked for."""

@@ -1,0 +1,80 @@
+"""Loading any trained net: a retrain checkpoint (plain or adaptive) or a bare state dict plus its genotype.
+
+Evaluate, export, teachers and compression all load nets; none of them should need the trainer.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn as nn
+
+from hdnas.core.adaptive import AdaptiveConfig, AdaptiveNet
+from hdnas.core.config import from_dict
+from hdnas.core.errors import WeightsError
+from hdnas.core.genotype import Genotype
+from hdnas.core.network import DerivedNet
+from hdnas.core.run import load_checkpoint
+
+
+CHECKPOINT_FORMAT = "hdnas-retrain-checkpoint/1"
+
+
+def genotype_mismatch(saved: dict, genotype: Genotype) -> str | None:
+    """Why weights saved for genotype ``saved`` (its dict) cannot load into ``genotype``; None if they can."""
+    if saved.get("scale") != genotype.scale:
+        return f"checkpoint is for ×{saved.get('scale')}, genotype is ×{genotype.scale}"
+    if saved.get("channels") != genotype.channels:
+        return f"checkpoint has {saved.get('channels')} channels, genotype {genotype.channels}"
+    cells = saved.get("cells", [])
+    if len(cells) != len(genotype.cells):
+        return f"checkpoint has {len(cells)} cells, genotype {len(genotype.cells)}"
+    for i, (a, b) in enumerate(zip(cells, genotype.cells)):
+        for key, mine in (("ops", b.ops), ("inputs", b.inputs)):
+            if list(a.get(key, [])) != list(mine):
+                return f"cells[{i}].{key} differ: checkpoint {list(a.get(key, []))}, genotype {list(mine)}"
+    if list(saved.get("fusion", [])) != list(genotype.fusion):
+        return f"fusion differs: checkpoint {saved.get('fusion')}, genotype {genotype.fusion}"
+    if saved.get("esa", True) != genotype.esa:
+        return f"esa differs: checkpoint {saved.get('esa', True)}, genotype {genotype.esa}"
+    if saved.get("upsampler", "pixelshuffle") != genotype.upsampler:
+        return f"upsampler differs: checkpoint {saved.get('upsampler')}, genotype {genotype.upsampler}"
+    return None
+
+
+def load_model(
+    path: str | os.PathLike,
+    genotype: Genotype | None = None,
+    prefer_ema: bool = True,
+    map_location: str | torch.device = "cpu",
+) -> tuple[DerivedNet, Genotype]:
+    """A trained net (an :class:`AdaptiveNet` for an adaptive run) from a retrain checkpoint (or a bare state dict plus ``genotype``), in eval mode.
+
+    The EMA weights are used when the checkpoint has them and ``prefer_ema`` (they are what
+    validation scored). A ``genotype`` given with a checkpoint must match the one recorded in it.
+    """
+    state = load_checkpoint(path, map_location=map_location)
+    net: nn.Module | None = None
+    if state.get("format") == CHECKPOINT_FORMAT:
+        saved = state["genotype"]
+        if genotype is not None:
+            why = genotype_mismatch(saved, genotype)
+            if why is not None:
+                raise WeightsError(f"{path}: {why}")
+        else:
+            genotype = Genotype.from_dict(saved)
+        weights = state["ema"]["model"] if prefer_ema and state.get("ema") else state["model"]
+        if state.get("adaptive"):
+            net = AdaptiveNet(genotype, from_dict(AdaptiveConfig, state["adaptive"]))
+    else:
+        if genotype is None:
+            raise WeightsError(f"{path}: a bare state dict; pass the genotype it was trained for")
+        weights = state.get("model", state) if isinstance(state.get("model"), dict) else state
+    if net is None:
+        net = DerivedNet(genotype)
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path}: weights do not fit the genotype: {str(exc).splitlines()[0]}") from None
+    return net.eval(), genotype

@@ -1,0 +1,1 @@
+"""Stage 4, deployment: export (ONNX, TorchScript), timing, and the AdaDSR depth sweep."""

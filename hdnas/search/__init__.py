@@ -1,0 +1,1 @@
+"""Stage 1, search: the supernet, the architect (bilevel step), derivation, and the search loop."""

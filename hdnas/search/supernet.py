@@ -1,0 +1,261 @@
+"""The supernet: every candidate op in every step, every earlier output into every cell.
+
+Architecture parameters (DARTS-style logits, initialised 1e-3·randn):
+
+* ``alpha``: (N, K, |ops|), or (1, K, |ops|) when ``space.shared_alpha`` — op logits per step;
+* ``beta_inputs``: one vector per cell 2..N (cell i has i logits over outputs 0..i-1; cell 1 reads
+  the stem only and has none);
+* ``beta_fusion``: (N,) — logits over the cells' outputs for the final fusion.
+
+They are registered ``nn.Parameter``s (so ``state_dict`` and DDP see them) and are excluded from
+:meth:`SuperNet.weight_parameters`.
+
+Speed (a 2-core CPU is the reference machine): ``SuperNet(space, fused=True, channels_last=True)``
+is the default. ``fused`` merges each MixedOp's candidates into fewer kernels with the same
+parameters and the same mathematics (see :class:`MixedOp`); ``channels_last`` runs in NHWC, where
+the 1×1 and depthwise convs that dominate these cells are several times faster on CPU (and their
+backward far faster). ``fused=False, channels_last=False`` is the literal reference formulation;
+tests check both give the same outputs and gradients.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hdnas.core.blocks import DistillCell, MeanShift, Upsampler, conv1x1, conv3x3, lrelu
+from hdnas.core.ops import DilConv, SepConv, build_op, get_op
+from hdnas.core.space import ArchProbs, SearchSpace
+
+
+class _DilatedDepthwise(torch.autograd.Function):
+    """Depthwise dilated "same" conv (stride 1, odd k) with a faster CPU backward, same maths.
+
+    PyTorch's CPU backward of dilated depthwise convs is 2–3× slower than it needs to be: here the
+    input gradient is the forward conv with the kernel flipped, and the weight gradient is one
+    multiply-and-reduce per tap. The ops in ``backward`` are ordinary differentiable torch ops.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
+        pad = dilation * (weight.shape[-1] // 2)
+        ctx.save_for_backward(x, weight)
+        ctx.dilation, ctx.pad = dilation, pad
+        return F.conv2d(x, weight, None, 1, pad, dilation, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        d, p, c, k = ctx.dilation, ctx.pad, x.shape[1], weight.shape[-1]
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        grad = grad.contiguous(memory_format=fmt)  # often a channel slice of a concat's gradient
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv2d(grad, weight.flip(-1, -2), None, 1, p, d, c)
+        if ctx.needs_input_grad[1]:
+            xp = F.pad(x, (p, p, p, p))
+            h, w = grad.shape[-2:]
+            taps = [(xp[:, :, i * d : i * d + h, j * d : j * d + w] * grad).sum((0, 2, 3)) for i in range(k) for j in range(k)]
+            grad_w = torch.stack(taps, dim=1).view(c, 1, k, k).to(weight.dtype)
+        return grad_x, grad_w, None
+
+
+def dilated_depthwise(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
+    """Bias-free depthwise conv, odd k×k kernel ``weight`` (C, 1, k, k), "same" padding, any dilation."""
+    return _DilatedDepthwise.apply(x, weight, dilation)
+
+
+def _is_same_dilated_depthwise(conv: nn.Module) -> bool:
+    if not isinstance(conv, nn.Conv2d) or conv.bias is not None:
+        return False
+    k, d = conv.kernel_size, conv.dilation
+    return (
+        conv.groups == conv.in_channels == conv.out_channels
+        and conv.stride == (1, 1)
+        and k[0] == k[1] and k[0] % 2 == 1
+        and d[0] == d[1] > 1
+        and conv.padding == (d[0] * (k[0] // 2),) * 2
+    )
+
+
+class MixedOp(nn.Module):
+    """Σ_o w_o · op_o(x) over the candidate ops, with the weights w passed in at call time.
+
+    ``fused=True`` computes the same sum with fewer, larger kernels (same parameter tensors, so a
+    plain and a fused MixedOp share state dicts and derived nets can inherit weights):
+
+    * ``conv`` family (plain k×k convs, all linear in x): Σ_o w_o·conv(x, W_o) + b_o is one conv
+      whose kernel is Σ_o w_o·pad(W_o) (zero-padded to the largest k) and bias Σ_o w_o·b_o;
+    * ``sep``/``dil`` families (ReLU -> depthwise -> ... -> pointwise 1×1): ReLU(x) is computed
+      once, and the α-weighted sum of their last pointwise convs is one 1×1 conv over the
+      concatenated depthwise outputs, with weights w_o·P_o (biases summed likewise);
+    * on CPU, dilated depthwise convs use :func:`dilated_depthwise` (same result, faster backward).
+
+    Measured and rejected (slower on the 2-core CPU): one depthwise conv over all candidates'
+    zero-padded kernels (with a channel multiplier or on repeated input: 2–5× slower than separate
+    depthwise convs, whose cost is dominated by the backward and grows with k²), and separate
+    α-scaled 1×1 convs instead of the concatenation (no gain).
+    Anything else (ops registered later with other structures) falls back to w_o · op_o(x).
+    """
+
+    def __init__(self, ops: Sequence[str], c: int, fused: bool = True):
+        super().__init__()
+        self.names = list(ops)
+        self.ops = nn.ModuleList(build_op(name, c, c) for name in self.names)
+        self.fused = fused
+        self._conv: list[int] = []  # indices of plain convs
+        self._sep: list[int] = []  # SepConv: ReLU, dw, pw, ReLU, dw, pw
+        self._dil: list[int] = []  # DilConv: ReLU, dw, pw
+        self._other: list[int] = []
+        for i, (name, op) in enumerate(zip(self.names, self.ops)):
+            family = get_op(name).family
+            if family == "conv" and isinstance(op, nn.Conv2d) and op.groups == 1 and op.stride == (1, 1):
+                self._conv.append(i)
+            elif family == "sep" and isinstance(op, SepConv):
+                self._sep.append(i)
+            elif family == "dil" and isinstance(op, DilConv):
+                self._dil.append(i)
+            else:
+                self._other.append(i)
+        self._kmax = max((self.ops[i].kernel_size[0] for i in self._conv), default=0)
+        self._fast_dil = {i: _is_same_dilated_depthwise(self.ops[i][1]) for i in self._dil}
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        if not self.fused:
+            out = weights[0] * self.ops[0](x)
+            for w, op in zip(weights[1:], self.ops[1:]):
+                out = out + w * op(x)
+            return out
+        out = None
+        if self._conv:
+            kernel, bias = self._merged_conv(weights)
+            out = F.conv2d(x, kernel, bias, padding=self._kmax // 2)
+        if self._sep or self._dil:
+            r = F.relu(x)
+            feats, last = [], []
+            for i in self._sep:
+                op = self.ops[i]
+                feats.append(op[4](F.relu(op[2](op[1](r)))))
+                last.append((i, op[5]))
+            cpu = r.device.type == "cpu"  # the custom backward is a CPU fix; GPUs' native kernels are fine
+            for i in self._dil:
+                op = self.ops[i]
+                fast = cpu and self._fast_dil[i]
+                feats.append(dilated_depthwise(r, op[1].weight, op[1].dilation[0]) if fast else op[1](r))
+                last.append((i, op[2]))
+            weight = torch.cat([weights[i] * pw.weight for i, pw in last], dim=1)
+            bias = sum(weights[i] * pw.bias for i, pw in last)
+            z = F.conv2d(torch.cat(feats, dim=1) if len(feats) > 1 else feats[0], weight, bias)
+            out = z if out is None else out + z
+        for i in self._other:
+            y = weights[i] * self.ops[i](x)
+            out = y if out is None else out + y
+        return out
+
+    def _merged_conv(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kernel, bias = None, None
+        for i in self._conv:
+            conv = self.ops[i]
+            p = (self._kmax - conv.kernel_size[0]) // 2
+            k = weights[i] * (F.pad(conv.weight, (p, p, p, p)) if p else conv.weight)
+            b = weights[i] * conv.bias
+            kernel = k if kernel is None else kernel + k
+            bias = b if bias is None else bias + b
+        return kernel, bias
+
+
+class SearchCell(DistillCell):
+    """The information-distillation cell with a :class:`MixedOp` at every refinement step."""
+
+    def __init__(self, space: SearchSpace, fused: bool = True):
+        c = space.channels
+        super().__init__([MixedOp(space.ops, c, fused) for _ in range(space.steps)], c, space.esa)
+
+
+class SuperNet(nn.Module):
+    """Stem -> N searchable cells (inputs mixed by softmax(β)) -> fusion weighted by m·softmax(β_f) -> tail."""
+
+    def __init__(self, space: SearchSpace, fused: bool = True, channels_last: bool = True):
+        super().__init__()
+        space.validate()
+        self.space = space
+        self._fused = fused
+        self.channels_last = channels_last
+        n, k, c = space.cells, space.steps, space.channels
+        self.sub_mean = MeanShift(-1)
+        self.stem = conv3x3(3, c)
+        self.cells = nn.ModuleList(SearchCell(space, fused) for _ in range(n))
+        self.fusion = conv1x1(n * c, c)
+        self.body = conv3x3(c, c)
+        self.upsampler = Upsampler(c, space.scale, space.upsampler)
+        self.alpha = nn.Parameter(1e-3 * torch.randn(1 if space.shared_alpha else n, k, len(space.ops)))
+        self.beta_inputs = nn.ParameterList(nn.Parameter(1e-3 * torch.randn(i)) for i in range(2, n + 1))
+        self.beta_fusion = nn.Parameter(1e-3 * torch.randn(n))
+
+    @property
+    def fused(self) -> bool:
+        return self._fused
+
+    @fused.setter
+    def fused(self, value: bool) -> None:
+        """Switch every MixedOp between the fused and the plain path (same parameters, same maths)."""
+        self._fused = bool(value)
+        for m in self.modules():
+            if isinstance(m, MixedOp):
+                m.fused = self._fused
+
+    # -- parameter groups -------------------------------------------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alpha, *self.beta_inputs, self.beta_fusion]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def arch_probs(self, temperature: float = 1.0) -> ArchProbs:
+        """Softmax of α/τ and β/τ (differentiable); cell 1's input distribution is the constant [1].
+
+        The forward pass mixes at τ = 1. A lower τ sharpens the distributions toward the choices that
+        derivation will make; the search evaluates its budget penalty there (see ``hdnas.search.engine``).
+        """
+        t = float(temperature)
+        one = torch.ones(1, dtype=self.beta_fusion.dtype, device=self.beta_fusion.device)
+        return ArchProbs(
+            alpha=torch.softmax(self.alpha / t, dim=-1),
+            inputs=[one] + [torch.softmax(b / t, dim=0) for b in self.beta_inputs],
+            fusion=torch.softmax(self.beta_fusion / t, dim=0),
+        )
+
+    def genotype(self):
+        """The derived architecture under the current α and β (see :func:`hdnas.search.derive.derive`)."""
+        from hdnas.search.derive import derive
+
+        return derive(self, self.space)
+
+    # -- forward ----------------------------------------------------------------------------------
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        probs = self.arch_probs()
+        shared = self.space.shared_alpha
+        if self.channels_last:
+            lr = lr.contiguous(memory_format=torch.channels_last)
+        outs = [self.stem(self.sub_mean(lr))]
+        for i, cell in enumerate(self.cells, start=1):
+            if i == 1:
+                x = outs[0]
+            else:
+                p = probs.inputs[i - 1]
+                x = p[0] * outs[0]
+                for j in range(1, i):
+                    x = x + p[j] * outs[j]
+            outs.append(cell(x, probs.alpha[0 if shared else i - 1]))
+        w = self.space.fusion_cells * probs.fusion
+        if self.fused:  # scale the fusion conv's input columns instead of N feature maps
+            scale = w.repeat_interleave(self.space.channels).view(1, -1, 1, 1)
+            mixed = F.conv2d(torch.cat(outs[1:], dim=1), self.fusion.weight * scale, self.fusion.bias)
+        else:
+            mixed = self.fusion(torch.cat([w[j] * outs[j + 1] for j in range(len(self.cells))], dim=1))
+        body = self.body(lrelu(mixed)) + outs[0]
+        return self.upsampler(body, lr)

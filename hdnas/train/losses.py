@@ -1,0 +1,262 @@
+"""Loss terms of retraining, each switched and weighted by its own config section.
+
+A term is a callable ``LossInputs -> scalar tensor`` registered under its config name; the
+:class:`CompositeLoss` adds the enabled ones with their weights and reports each part, so a new
+term (a depth constraint, a feature-distillation loss) is one function, one config section and
+one ``TERMS`` entry. Terms:
+
+* ``l1``: ``mean(w · |SR − HR|)``; ``w`` is the importance map when importance learning is on, else 1.
+* ``dual``: ``L1(D(SR), LR)``, D the dual model of :mod:`hdnas.train.dual` (DRN; default weight 0.1).
+* ``distill``: ``L1(SR, T(LR))`` with T a frozen teacher network.
+
+Adaptive importance learning (Zhang et al.) lives here too: :class:`ImportanceLearner`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hdnas.core.errors import ConfigError
+
+# ------------------------------------------------------------------------------------------ configs
+
+
+@dataclass
+class L1Config:
+    enabled: bool = True
+    weight: float = 1.0
+
+
+@dataclass
+class DualConfig:
+    enabled: bool = True
+    weight: float = 0.1  # λ_dual of DRN
+    features: int = 16
+
+
+@dataclass
+class DistillConfig:
+    """L1 to a frozen teacher's output; needs ``teacher.genotype`` + ``teacher.weights`` (or a module)."""
+
+    enabled: bool = False
+    weight: float = 1.0
+
+
+@dataclass
+class ImportanceConfig:
+    """Adaptive importance learning; without a teacher w0 = 1, so every weight is 1 (plain L1)."""
+
+    enabled: bool = False
+    alpha: float = 100.0  # steepness of the teacher-error sigmoid
+    b: float = 0.01  # teacher-error threshold, [0, 1] intensities
+    sigma: float = 10.0  # decay of exp(−σ·e)
+    lam: float = 0.15  # λ of round 1
+    rho: float = 0.15  # λ grows by ρ per round
+    round_steps: int = 500  # steps per round; round r covers steps [r·n, (r+1)·n)
+
+    def validate(self) -> None:
+        if self.round_steps < 1:
+            raise ConfigError(f"loss.importance.round_steps: expected at least 1, got {self.round_steps}")
+        if self.sigma < 0 or self.alpha < 0:
+            raise ConfigError("loss.importance.alpha and .sigma: expected non-negative numbers")
+
+
+@dataclass
+class LossConfig:
+    l1: L1Config = field(default_factory=L1Config)
+    dual: DualConfig = field(default_factory=DualConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    importance: ImportanceConfig = field(default_factory=ImportanceConfig)
+
+    def validate(self) -> None:
+        for name in ("l1", "dual", "distill"):
+            if getattr(self, name).weight < 0:
+                raise ConfigError(f"loss.{name}.weight: expected a non-negative number")
+        if not any(getattr(self, n).enabled for n in ("l1", "dual", "distill")):
+            raise ConfigError("loss: every term is disabled (enable at least loss.l1)")
+
+
+# ------------------------------------------------------------------------------------------ terms
+
+
+@dataclass
+class LossInputs:
+    """What one training step hands the loss terms (HR-sized tensors are (B, 3, sH, sW))."""
+
+    lr: torch.Tensor
+    hr: torch.Tensor
+    sr: torch.Tensor
+    teacher_sr: Optional[torch.Tensor] = None
+    importance: Optional[torch.Tensor] = None  # (B, 1, sH, sW) in [0, 1]
+    dual: Optional[nn.Module] = None
+
+
+def weighted_l1(sr: torch.Tensor, hr: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``mean(w · |sr − hr|)`` over every element; ``w`` (B, 1, H, W) broadcasts over channels.
+
+    Not renormalised by ``mean(w)``: this is the importance objective ``Σ w·ℓ`` itself, so pixels
+    with low importance really contribute less (and the loss scale drops with the mean weight).
+    """
+    if weights is None:
+        return F.l1_loss(sr, hr)
+    return (weights * (sr - hr).abs()).mean()
+
+
+def l1_term(x: LossInputs) -> torch.Tensor:
+    return weighted_l1(x.sr, x.hr, x.importance)
+
+
+def dual_term(x: LossInputs) -> torch.Tensor:
+    if x.dual is None:
+        raise ValueError("loss term 'dual' needs a dual model")
+    return F.l1_loss(x.dual(x.sr), x.lr)
+
+
+def distill_term(x: LossInputs) -> torch.Tensor:
+    if x.teacher_sr is None:
+        raise ValueError("loss term 'distill' needs a teacher output")
+    return F.l1_loss(x.sr, x.teacher_sr)
+
+
+TERMS: dict[str, Callable[[LossInputs], torch.Tensor]] = {"l1": l1_term, "dual": dual_term, "distill": distill_term}
+
+
+class CompositeLoss:
+    """Weighted sum of the enabled terms; returns the total and each unweighted part (for logs)."""
+
+    def __init__(self, terms: list[tuple[str, float]]):
+        for name, _ in terms:
+            if name not in TERMS:
+                raise ConfigError(f"unknown loss term '{name}' (known: {', '.join(TERMS)})")
+        self.terms = list(terms)
+
+    @classmethod
+    def from_config(cls, cfg: LossConfig) -> "CompositeLoss":
+        return cls([(n, getattr(cfg, n).weight) for n in TERMS if getattr(cfg, n).enabled])
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n, _ in self.terms]
+
+    def __call__(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        parts = {name: TERMS[name](inputs) for name, _ in self.terms}
+        total = sum(w * parts[n] for n, w in self.terms)
+        assert isinstance(total, torch.Tensor)
+        return total, parts
+
+
+# ------------------------------------------------------------------------------------- importance
+
+
+def pixel_error(pred: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """Per-pixel error map ``mean_c |pred − hr|``, shape (B, 1, H, W), on [0, 1] intensities."""
+    return (pred - hr).abs().mean(dim=1, keepdim=True)
+
+
+def teacher_importance(e_teacher: torch.Tensor, alpha: float = 100.0, b: float = 0.01) -> torch.Tensor:
+    """Round-0 importance ``w0 = s(e_T) / s(0)``, ``s(e) = 1 / (1 + exp(α(e − b)))``.
+
+    Pixels the teacher reconstructs well (e_T below b) start near 1, pixels it gets wrong near 0:
+    the student first learns what is learnable. ``s`` is the logistic function of ``−α(e − b)``.
+    """
+    return torch.sigmoid(-alpha * (e_teacher - b)) / (1.0 / (1.0 + math.exp(-alpha * b)))
+
+
+def importance_weights(w0: torch.Tensor | float, error: torch.Tensor, lam: float, sigma: float = 10.0) -> torch.Tensor:
+    """Importance of round r ≥ 1: ``w = clamp(w0 + λ_r·exp(−σ·e), 0, 1)``.
+
+    This is the closed-form minimiser, pixel by pixel, of the convex importance subproblem
+
+        min_{w ∈ [0, 1]}  w·e + f(w),   f(w) = (1/σ)·[u·ln(u/λ) − u + λ],   u = w − w0 ≥ 0
+
+    (``f(w) = +∞`` for ``w < w0``). ``f`` is the generalised Kullback-Leibler divergence
+    ``KL(u ‖ λ)`` of the importance *increment* ``u`` from ``λ``, scaled by the temperature 1/σ.
+    Stationarity: ``e + f'(w) = e + (1/σ)·ln(u/λ) = 0`` gives ``u = λ·exp(−σ·e)``; ``f'' = 1/(σu) > 0``,
+    so the objective is strictly convex, and the minimiser over the interval ``[max(0, w0), 1]`` is
+    the unconstrained one clipped to it: the clamp (its lower end never binds, as ``u ≥ 0``).
+    Reading: the penalty raises every pixel's importance by λ, the loss term ``w·e`` holds back the
+    increase where the student's error ``e`` is large; easy pixels are raised first, and growing λ
+    round by round brings in the harder ones (easy-to-complex curriculum).
+    """
+    return (w0 + lam * torch.exp(-sigma * error)).clamp(0.0, 1.0)
+
+
+def round_lambda(r: int, lam: float = 0.15, rho: float = 0.15) -> float:
+    """λ_r = λ + ρ·(r − 1) for round r ≥ 1; round 0 (teacher-only weights) has λ_0 = 0."""
+    return 0.0 if r <= 0 else lam + rho * (r - 1)
+
+
+class ImportanceLearner:
+    """Per-pixel importance maps, computed per patch on the fly; rounds switch at fixed steps.
+
+    Round 0: ``w = w0`` (from the teacher's error, or 1 without a teacher). At the first step of
+    round r ≥ 1 the student is copied and frozen; during the round ``e`` is that frozen copy's
+    error on the current patch. Nothing is stored per image: the state is the round and the
+    frozen copy's weights (in checkpoints, so a resumed run continues exactly).
+    """
+
+    def __init__(self, cfg: ImportanceConfig):
+        self.cfg = cfg
+        self.round = 0
+        self.frozen: nn.Module | None = None
+        self.last: torch.Tensor | None = None  # the latest map, for logging
+
+    def round_at(self, step: int) -> int:
+        return step // self.cfg.round_steps
+
+    def lam(self, r: int | None = None) -> float:
+        return round_lambda(self.round if r is None else r, self.cfg.lam, self.cfg.rho)
+
+    def begin_step(self, step: int, student: nn.Module) -> bool:
+        """Enter the round of ``step``, freezing a copy of ``student`` when a new round starts."""
+        r = self.round_at(step)
+        if r == self.round and (r == 0 or self.frozen is not None):
+            return False
+        self.round = r
+        self.frozen = self._freeze(student) if r >= 1 else None
+        return True
+
+    @staticmethod
+    def _freeze(student: nn.Module) -> nn.Module:
+        frozen = copy.deepcopy(student)
+        frozen.eval()
+        for p in frozen.parameters():
+            p.requires_grad_(False)
+        return frozen
+
+    @torch.no_grad()
+    def weights(
+        self, lr: torch.Tensor, hr: torch.Tensor, teacher_sr: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """The (B, 1, H, W) importance map of a batch, or None when every weight would be 1.
+
+        Without a teacher w0 = 1 and the clamp makes every weight exactly 1 in every round, so
+        no frozen forward is spent on it.
+        """
+        if teacher_sr is None:
+            self.last = None
+            return None
+        w0 = teacher_importance(pixel_error(teacher_sr, hr), self.cfg.alpha, self.cfg.b)
+        if self.round == 0 or self.frozen is None:
+            w = w0
+        else:
+            w = importance_weights(w0, pixel_error(self.frozen(lr), hr), self.lam(), self.cfg.sigma)
+        self.last = w
+        return w
+
+    def state_dict(self) -> dict:
+        return {"round": self.round, "frozen": None if self.frozen is None else self.frozen.state_dict()}
+
+    def load_state_dict(self, state: dict, student: nn.Module) -> None:
+        self.round = int(state["round"])
+        self.frozen = None
+        if state.get("frozen") is not None:
+            self.frozen = self._freeze(student)
+            self.frozen.load_state_dict(state["frozen"])

@@ -20,54 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hdnas.core.errors import HdnasError  # noqa: E402
 
-HR_SIZE = (720, 1280)  # (height, width) of the reference HR output, as lightweight-SR papers count
-
-
-def costs(geno: Any, fvcore: bool) -> dict[str, Any]:
-    """Parameters and Multi-Adds from ``hdnas.core.cost``; imported lazily (torch is slow to import)."""
-    from hdnas.core import cost
-
-    report = cost.count(geno, hr_size=HR_SIZE)
-    out: dict[str, Any] = {
-        "params": report.params,
-        "macs": report.macs,
-        "hr_size": list(HR_SIZE),
-        "lr_size": list(report.lr_size),
-        "macs_not_in_fvcore": report.extras,
-        "parts": {k: {"macs": v.macs, "params": v.params} for k, v in getattr(report, "parts", {}).items()},
-    }
-    if fvcore:
-        try:
-            from hdnas.core.network import DerivedNet
-
-            out["macs_fvcore"] = cost.fvcore_macs(DerivedNet(geno), tuple(report.lr_size))
-        except ImportError as exc:  # fvcore is an optional cross-check, not a reason to fail
-            out["fvcore_unavailable"] = f"{exc} (pip install fvcore)"
-    return out
-
-
-def summarise(geno: Any, path: str, fvcore: bool = True) -> dict[str, Any]:
-    live = geno.live_cells()
-    info: dict[str, Any] = {
-        "file": path,
-        "scale": geno.scale,
-        "channels": geno.channels,
-        "steps": geno.steps,
-        "esa": geno.esa,
-        "upsampler": geno.upsampler,
-        "cells": [
-            {"cell": i, "ops": list(c.ops), "inputs": list(c.inputs), "live": i in live}
-            for i, c in enumerate(geno.cells, start=1)
-        ],
-        "fusion": list(geno.fusion),
-        "live_cells": live,
-        "dead_cells": [i for i in range(1, len(geno.cells) + 1) if i not in live],
-    }
-    info.update(costs(geno, fvcore))
-    info["provenance"] = geno.provenance
-    return info
-
-
 def _name(j: int) -> str:
     return "stem" if j == 0 else f"cell {j}"
 
@@ -75,6 +27,7 @@ def _name(j: int) -> str:
 def print_text(info: dict[str, Any]) -> None:
     from hdnas.core.config import format_count
     from hdnas.core.ops import OPS
+    from hdnas.core.summary import provenance_line
 
     (hh, hw), (lh, lw) = info["hr_size"], info["lr_size"]
     print(f"genotype   {info['file']}")
@@ -87,8 +40,8 @@ def print_text(info: dict[str, Any]) -> None:
         print(f"  fvcore   {format_count(info['macs_fvcore'])} ({info['macs_fvcore']:,}); "
               f"+ {format_count(extra)} element-wise ESA gates it skips = "
               f"{format_count(info['macs_fvcore'] + extra)}")
-    elif "fvcore_unavailable" in info:
-        print(f"  fvcore   not checked: {info['fvcore_unavailable']}")
+    elif "fvcore_unavailable" in info or "fvcore_skipped" in info:
+        print(f"  fvcore   not checked: {info.get('fvcore_unavailable') or info['fvcore_skipped']}")
     print(f"{'cells':<6}{'Multi-Adds':>10} {'params':>7}")
     width = max(len(", ".join(map(_name, c["inputs"]))) for c in info["cells"])
     for c in info["cells"]:
@@ -103,8 +56,9 @@ def print_text(info: dict[str, Any]) -> None:
                                                                     if dead else "   dead: none"))
     prov = info["provenance"]
     if prov:
-        keys = [k for k in prov if not isinstance(prov[k], (dict, list))]
-        print("provenance " + "   ".join(f"{k} {prov[k]}" for k in keys[:8]))
+        print("provenance " + provenance_line(prov))
+        if prov.get("command"):
+            print(f"  command  {prov['command']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from hdnas.core.genotype import load_genotype
+    from hdnas.core.summary import summarise
 
     try:
         geno = load_genotype(args.genotype, scale=args.scale)

@@ -150,6 +150,26 @@ def count(genotype: Genotype, hr_size: tuple[int, int] = HR_SIZE) -> CostReport:
     )
 
 
+#: Feature maps (C×H×W each) a batch-1 forward holds at its peak, beyond one per cell and step: the
+#: stem, the cell's input and distilled parts, ESA and fusion buffers. Measured: a no-grad forward of
+#: a 4-cell, 3-step net peaked at about 14 maps over the process's baseline.
+_EXTRA_MAPS = 8
+#: fvcore traces the net; its peak was up to twice a plain forward's in the same measurement.
+TRACE_FACTOR = 2
+
+
+def forward_memory(genotype: Genotype, hr_size: tuple[int, int] = HR_SIZE) -> int:
+    """Upper estimate of the bytes a batch-1 float32 forward of ``DerivedNet(genotype)`` needs at its peak.
+
+    Weights plus the live feature maps at LR size, so a tool can refuse (or skip) building a net that
+    will not fit before anything is allocated.
+    """
+    h, w = lr_size_for(genotype.scale, hr_size)
+    maps = len(genotype.cells) + genotype.steps + _EXTRA_MAPS
+    tail = 2 * 3 * genotype.scale**2  # upsampler output and the bicubic skip, in channels
+    return 4 * (count(genotype, hr_size).params + (maps * genotype.channels + tail) * h * w)
+
+
 def fvcore_macs(module: nn.Module, lr_size: tuple[int, int], in_channels: int = 3) -> int:
     """fvcore's count (one flop = one multiply-add) of ``module`` on one ``in_channels``×H×W input.
 

@@ -15,3 +15,7 @@ class ConfigError(HdnasError):
 
 class WeightsError(HdnasError):
     """A checkpoint or state dict does not hold weights that fit the net asked for."""
+
+
+class DataNote(UserWarning):
+    """Input that was usable only after a change the user should know of (an image converted to RGB)."""

@@ -21,6 +21,9 @@ from hdnas.core.space import SCALES, UPSAMPLERS
 
 FORMAT_NAME = "hdnas-genotype"
 FORMAT_VERSION = 1
+#: Widest channel count a genotype may ask for. Lightweight SR nets use 32-64 (EDSR, a heavy net,
+#: 256); 512 keeps a mistyped width from building a net of many GB before anything can stop it.
+MAX_CHANNELS = 512
 
 
 @dataclass
@@ -155,8 +158,10 @@ def validate_dict(data: Any, expected_scale: int | None = None) -> None:
     if expected_scale is not None and scale != expected_scale:
         raise ConfigError(f"genotype field 'scale': genotype is for ×{scale} but ×{expected_scale} was asked for")
     channels = _require(data, "channels", int)
-    if channels < 4 or channels % 4:
-        raise ConfigError(f"genotype field 'channels': expected a multiple of 4 that is at least 4, got {channels}")
+    if channels < 4 or channels % 4 or channels > MAX_CHANNELS:
+        raise ConfigError(
+            f"genotype field 'channels': expected a multiple of 4 from 4 to {MAX_CHANNELS}, got {channels}"
+        )
     if "esa" in data:
         _require(data, "esa", bool)
     if "upsampler" in data and data["upsampler"] not in UPSAMPLERS:

@@ -78,3 +78,14 @@ def machine_info() -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - optional
         info["onnxruntime"] = None
     return info
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says a new allocation can have now (``MemAvailable``); None off Linux."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

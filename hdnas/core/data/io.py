@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from hdnas.core.errors import DataError
+from hdnas.core.errors import DataError, DataNote
 
 __all__ = ["IMAGE_SUFFIXES", "is_image_file", "list_images", "read_image", "to_rgb_uint8"]
 
@@ -70,11 +70,35 @@ def to_rgb_uint8(img: Image.Image, name: str = "image") -> np.ndarray:
     return arr
 
 
+_NOTES = {
+    "L": "greyscale: the channel is replicated to RGB",
+    "1": "1-bit: taken as greyscale and replicated to RGB",
+    "I": "16/32-bit greyscale: reduced to 8 bits and replicated to RGB",
+    "F": "float greyscale: taken as [0, 1], reduced to 8 bits and replicated to RGB",
+    "LA": "greyscale with alpha: alpha dropped, the channel replicated to RGB",
+    "La": "greyscale with alpha: alpha dropped, the channel replicated to RGB",
+    "PA": "palette with alpha: alpha dropped",
+    "RGBA": "RGBA: the alpha channel is dropped",
+    "RGBa": "RGBA: the alpha channel is dropped",
+    "CMYK": "CMYK: converted to RGB",
+    "LAB": "Lab: converted to RGB",
+    "HSV": "HSV: converted to RGB",
+}
+
+
+def conversion_note(mode: str) -> str | None:
+    """What reading an image of Pillow ``mode`` changes about it; None when RGB keeps everything."""
+    if mode.startswith("I;16"):
+        mode = "I"
+    return _NOTES.get(mode)
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file fully into a uint8 ``(H, W, 3)`` RGB array.
 
     Raises :class:`DataError` naming the file for a missing file, a file that is not an image, or
-    a truncated/corrupt one.
+    a truncated/corrupt one. A lossy or unusual conversion (greyscale, alpha) is reported as a
+    :class:`DataNote` warning naming the file: metrics on such an image are not comparable to RGB ones.
     """
     path = Path(path)
     if not path.exists():
@@ -88,7 +112,8 @@ def read_image(path: str | Path) -> np.ndarray:
             warnings.simplefilter("ignore")  # e.g. DecompressionBombWarning, palette transparency
             with Image.open(path) as img:
                 img.load()  # force full decode: truncated files fail here, not later
-                return to_rgb_uint8(img, str(path))
+                mode = img.mode
+                arr = to_rgb_uint8(img, str(path))
     except UnidentifiedImageError:
         raise DataError(f"{path}: not a readable image (unknown or corrupt format)") from None
     except DataError:
@@ -97,3 +122,7 @@ def read_image(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: cannot decode image, file is truncated or corrupt ({exc})") from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
+    note = conversion_note(mode)
+    if note is not None:
+        warnings.warn(f"{path}: {note}", DataNote, stacklevel=2)
+    return arr

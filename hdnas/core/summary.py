@@ -1,0 +1,86 @@
+"""What ``tools/summary.py`` reports about a genotype: its structure, exact cost and fvcore's cross-check.
+
+The cross-check builds and traces the net, so it is skipped, saying why, when the estimated memory
+(:func:`hdnas.core.cost.forward_memory`) exceeds half of what the machine has available.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hdnas.core import cost
+from hdnas.core.config import format_count
+from hdnas.core.genotype import Genotype
+from hdnas.core.machine import available_memory
+from hdnas.core.network import DerivedNet
+
+
+def fvcore_check(geno: Genotype, lr_size: tuple[int, int], memory_limit: int | None = None) -> dict[str, Any]:
+    """``{"macs_fvcore": n}``, or ``{"fvcore_skipped": why}`` when building the net would not fit."""
+    need = cost.TRACE_FACTOR * cost.forward_memory(geno, (lr_size[0] * geno.scale, lr_size[1] * geno.scale))
+    if memory_limit is None:
+        avail = available_memory()
+        memory_limit = avail // 2 if avail is not None else None
+    if memory_limit is not None and need > memory_limit:
+        return {"fvcore_skipped": f"tracing the net at LR {lr_size[1]}×{lr_size[0]} needs about "
+                                  f"{need / 2**30:.1f} GiB, over the {memory_limit / 2**30:.1f} GiB allowed"}
+    try:
+        return {"macs_fvcore": cost.fvcore_macs(DerivedNet(geno), lr_size)}
+    except ImportError as exc:  # fvcore is an optional cross-check, not a reason to fail
+        return {"fvcore_unavailable": f"{exc} (pip install fvcore)"}
+
+
+def summarise(geno: Genotype, path: str, fvcore: bool = True, memory_limit: int | None = None) -> dict[str, Any]:
+    """Everything ``summary.py --json`` prints: structure, liveness, exact cost per part, provenance."""
+    live = geno.live_cells()
+    report = cost.count(geno, hr_size=cost.HR_SIZE)
+    info: dict[str, Any] = {
+        "file": path,
+        "scale": geno.scale,
+        "channels": geno.channels,
+        "steps": geno.steps,
+        "esa": geno.esa,
+        "upsampler": geno.upsampler,
+        "cells": [
+            {"cell": i, "ops": list(c.ops), "inputs": list(c.inputs), "live": i in live}
+            for i, c in enumerate(geno.cells, start=1)
+        ],
+        "fusion": list(geno.fusion),
+        "live_cells": live,
+        "dead_cells": [i for i in range(1, len(geno.cells) + 1) if i not in live],
+        "params": report.params,
+        "macs": report.macs,
+        "hr_size": list(cost.HR_SIZE),
+        "lr_size": list(report.lr_size),
+        "macs_not_in_fvcore": report.extras,
+        "parts": {k: {"macs": v.macs, "params": v.params} for k, v in report.parts.items()},
+        "memory_estimate_bytes": cost.forward_memory(geno, cost.HR_SIZE),
+    }
+    if fvcore:
+        info.update(fvcore_check(geno, report.lr_size, memory_limit))
+    info["provenance"] = geno.provenance
+    return info
+
+
+def provenance_line(prov: dict[str, Any]) -> str:
+    """One readable line of where a genotype came from; absent facts are left out, not printed as None."""
+    parts = []
+    if prov.get("tool"):
+        parts.append(str(prov["tool"]) + (f" {prov['hdnas_version']}" if prov.get("hdnas_version") else ""))
+    if prov.get("seed") is not None:
+        parts.append(f"seed {prov['seed']}")
+    budget = prov.get("budget")
+    if budget:
+        parts.append(f"budget {format_count(budget)}")
+    elif "budget" in prov:
+        parts.append("no budget")
+    if prov.get("argmax_multi_adds") and prov.get("budget_swaps"):
+        parts.append(f"argmax {format_count(prov['argmax_multi_adds'])}, {len(prov['budget_swaps'])} swap(s)")
+    if prov.get("val_psnr") is not None:
+        bic = prov.get("val_psnr_bicubic")
+        parts.append(f"val PSNR-Y {prov['val_psnr']:.2f} dB" + (f" (bicubic {bic:.2f})" if bic is not None else ""))
+    if prov.get("date"):
+        parts.append(str(prov["date"]))
+    if prov.get("data"):
+        parts.append("data " + " ".join(map(str, prov["data"])))
+    return "   ".join(parts)

@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from hdnas.core.blocks import esa_sizes
+from hdnas.core.config import format_count
 from hdnas.core.genotype import Genotype
 from hdnas.core.ops import conv_macs, conv_params, get_op
 from hdnas.core.space import ArchProbs, SearchSpace
@@ -68,8 +69,6 @@ class CostReport:
     extras: int = 0  # Multi-Adds counted here that fvcore skips (the ESA gates)
 
     def summary(self) -> str:
-        from hdnas.core.config import format_count
-
         return f"{format_count(self.macs)} Multi-Adds, {format_count(self.params)} params at LR {self.lr_size[1]}×{self.lr_size[0]}"
 
 

@@ -8,6 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from hdnas.core.atomic import atomic_path  # noqa: E402
 from hdnas.core.ops import OPS  # noqa: E402
 from hdnas.core.space import ArchProbs, SearchSpace  # noqa: E402
 
@@ -76,8 +77,6 @@ def depth_sweep_figure(sweep: dict, title: str = ""):
 
 def save_depth_sweep_png(sweep: dict, path, title: str = ""):
     """Write :func:`depth_sweep_figure` as a PNG (atomically)."""
-    from hdnas.core.atomic import atomic_path
-
     fig = depth_sweep_figure(sweep, title)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")

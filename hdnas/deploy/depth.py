@@ -21,10 +21,6 @@ def measure(net: nn.Module, datasets: dict, depth: float | None = None, *, warmu
     at the image's size. Latency: the forward alone (no metric), median of ``repeats`` after
     ``warmup``, per image, then averaged over the set.
     """
-    from hdnas.deploy.timing import time_fn
-    from hdnas.core.cost import count
-    from hdnas.core.evaluation import evaluate_model
-
     adaptive = isinstance(net, AdaptiveNet)
     net = net.eval().to(device)
     if adaptive:

@@ -9,12 +9,13 @@ cells are listed in ascending order. Provenance is left empty: the search fills 
 
 from __future__ import annotations
 
-import random
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
+from hdnas.core.cost import HR_SIZE, count
 from hdnas.core.genotype import CellGenotype, Genotype
 from hdnas.core.space import ArchProbs, SearchSpace
 
@@ -89,7 +90,7 @@ def derive_within_budget(
     space: SearchSpace,
     budget: float,
     tolerance: float = 0.10,
-    hr_size: tuple[int, int] = (720, 1280),
+    hr_size: tuple[int, int] = HR_SIZE,
 ) -> BudgetDerivation:
     """Argmax derivation, then the fewest, least regretted op swaps that bring the exact cost into the band.
 
@@ -99,10 +100,6 @@ def derive_within_budget(
     budget — until the exact Multi-Adds are within ``tolerance`` of ``budget``, or no swap helps.
     Shared α changes a step in every cell at once. Network-level choices (β) are kept.
     """
-    import math
-
-    from hdnas.core.cost import count
-
     probs = _probs_of(supernet_or_probs)
     geno = derive(probs, space)
     first = count(geno, hr_size).macs

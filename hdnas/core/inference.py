@@ -57,7 +57,7 @@ def receptive_field(genotype: Genotype) -> ReceptiveField:
     """
     esa = ESA_RADIUS_BOUND if genotype.esa else 0
     r = {0: 1}
-    for i in genotype.live_cells():
+    for i in genotype.build_order():
         cell = genotype.cells[i - 1]
         r[i] = max(r[j] for j in cell.inputs) + sum(get_op(op).radius for op in cell.ops) + 1 + esa
     fused = max(r[j] for j in genotype.fusion)

@@ -132,7 +132,7 @@ def compiled_latency(spec: dict[str, Any], scale: int, hr_size: list[int], warmu
 def onnx_latency(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> dict[str, Any]:
     """Export with fixed input size (TorchScript-based exporter), run on onnxruntime's CPU provider."""
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional extra (hdnas[onnx]), heavy: imported only when measured
     except Exception:  # noqa: BLE001
         return {"skipped": "onnxruntime is not installed (pip install hdnas[onnx])"}
     with tempfile.TemporaryDirectory(prefix="hdnas-onnx-") as d:

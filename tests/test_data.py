@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from hdnas.core.data import (
     PatchDataset,
@@ -20,7 +19,6 @@ from hdnas.core.data import (
     from_arrays,
     list_images,
     load_folder,
-    patch_seed,
     read_image,
     sample_dataset,
     sample_images,
@@ -239,24 +237,21 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
 @pytest.mark.parametrize("scale", [2, 3])
 def test_patches_are_aligned_crops_of_the_full_lr_and_hr(scale):
     images = coded_set(scale, h=8 * 3 * scale, w=10 * 2 * scale)
-    ds = PatchDataset(images, patch_size=8, patches_per_epoch=6, seed=1, augment=False)
-    for i in range(6):
-        lr, hr = ds[i]
+    ds = PatchDataset(images, patch_size=8, augment=False)
+    for lr, hr in zip(*ds.sample_batch(6, torch.Generator().manual_seed(1))):
         assert lr.dtype == torch.float32 and lr.shape == (3, 8, 8) and hr.shape == (3, 8 * scale, 8 * scale)
         assert 0.0 <= float(lr.min()) and float(lr.max()) <= 1.0
-        im = images[i % 2]  # item i comes from image i % n
         lr8, hr8 = (lr * 255).round().to(torch.uint8), (hr * 255).round().to(torch.uint8)
-        (y, x), = locate(lr8, im.lr)
+        (im, (y, x)), = [(im, yx) for im in images for yx in locate(lr8, im.lr)]  # from one image, one place
         assert torch.equal(hr8, im.hr[:, y * scale : (y + 8) * scale, x * scale : (x + 8) * scale])
 
 
 def test_augmented_patches_share_one_transform(seeded):
     images = coded_set(2, h=48, w=48, n=1)
-    ds = PatchDataset(images, patch_size=8, patches_per_epoch=24, seed=3, augment=True)
+    ds = PatchDataset(images, patch_size=8, augment=True)
     im = images[0]
     seen = set()
-    for i in range(24):
-        lr, hr = ds[i]
+    for i, (lr, hr) in enumerate(zip(*ds.sample_batch(24, torch.Generator().manual_seed(3)))):
         lr8, hr8 = (lr * 255).round().to(torch.uint8), (hr * 255).round().to(torch.uint8)
         matches = []
         for k in range(8):
@@ -280,33 +275,8 @@ def dihedral_inverse(x: torch.Tensor, k: int) -> torch.Tensor:
     return x
 
 
-def test_patches_deterministic_by_seed_epoch_index():
-    images = coded_set(2)
-    a = PatchDataset(images, 8, 10, seed=5)
-    b = PatchDataset(images, 8, 10, seed=5)
-    assert all(torch.equal(a[i][1], b[i][1]) for i in range(10))
-    a.set_epoch(1)
-    assert not all(torch.equal(a[i][1], b[i][1]) for i in range(10))
-    b.set_epoch(1)
-    assert torch.equal(a[7][0], b[7][0])
-    assert patch_seed(5, 1, 7) == patch_seed(5, 1, 7) != patch_seed(5, 1, 8)
-    assert len(a) == 10 and len(PatchDataset(images, 8, 1000)) == 1000  # independent of image count
-
-
-def test_dataloader_results_do_not_depend_on_worker_count():
-    images = coded_set(2)
-    ds = PatchDataset(images, 8, 12, seed=2)
-    ds.set_epoch(3)
-    batches = []
-    for workers in (0, 2):
-        loader = DataLoader(ds, batch_size=4, shuffle=False, num_workers=workers)
-        batches.append([b for b in loader])
-    for (l0, h0), (l1, h1) in zip(*batches):
-        assert torch.equal(l0, l1) and torch.equal(h0, h1)
-
-
 def test_sample_batch_shapes_and_generator_determinism():
-    ds = PatchDataset(coded_set(3, h=48, w=48, n=3), 8, 100, seed=0)
+    ds = PatchDataset(coded_set(3, h=48, w=48, n=3), 8)
     lr, hr = ds.sample_batch(5, torch.Generator().manual_seed(4))
     assert lr.shape == (5, 3, 8, 8) and hr.shape == (5, 3, 24, 24) and hr.dtype == torch.float32
     lr2, hr2 = ds.sample_batch(5, torch.Generator().manual_seed(4))
@@ -318,17 +288,17 @@ def test_sample_batch_shapes_and_generator_determinism():
 def test_image_smaller_than_patch_names_file_and_sizes():
     images = from_arrays([("big", rgb(64, 64)), ("tiny", rgb(40, 28))], 2, "mixed")
     with pytest.raises(DataError, match=r"mixed/tiny: image is 28x40, smaller than the HR patch 32x32"):
-        PatchDataset(images, patch_size=16, patches_per_epoch=4)
-    ds = PatchDataset(images, patch_size=16, patches_per_epoch=4, skip_small=True)
+        PatchDataset(images, patch_size=16)
+    ds = PatchDataset(images, patch_size=16, skip_small=True)
     assert len(ds.images) == 1
     with pytest.raises(DataError, match="no image is at least"):
-        PatchDataset(images, patch_size=40, patches_per_epoch=4, skip_small=True)
+        PatchDataset(images, patch_size=40, skip_small=True)
 
 
 def test_image_smaller_than_patch_from_folder_names_path(tmp_path):
     save(tmp_path / "small.png", rgb(20, 30))
     with pytest.raises(DataError, match=r"small\.png: image is 30x20.*HR patch 48x48"):
-        PatchDataset(load_folder(tmp_path, 4), patch_size=12, patches_per_epoch=4)
+        PatchDataset(load_folder(tmp_path, 4), patch_size=12)
 
 
 # --------------------------------------------------------------------------- splits

@@ -17,7 +17,8 @@ from PIL import Image
 
 from conftest import REPO_ROOT, shared_data_dir, shared_data_root
 from hdnas.core.data import from_arrays, load_folder
-from hdnas.core.evaluation import bicubic_model, evaluate_bicubic_y, evaluate_model, format_table, write_json_atomic
+from hdnas.core.atomic import atomic_write_json
+from hdnas.core.evaluation import bicubic_model, evaluate_bicubic_y, evaluate_model, format_table
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest: 2 threads thrash when a core is busy
 
@@ -80,7 +81,7 @@ def test_format_table_and_atomic_json(tmp_path):
     table = format_table(rows)
     assert "Set5" in table and "28.4290" in table and "0.8111" in table and "x4" in table
     out = tmp_path / "sub" / "r.json"
-    write_json_atomic(out, {"results": rows, "inf": float("inf")})
+    atomic_write_json(out, {"results": rows, "inf": float("inf")})
     assert json.loads(out.read_text()) == {"results": rows, "inf": None}
     assert [p.name for p in out.parent.iterdir()] == ["r.json"]  # no temporary file left
 

@@ -249,9 +249,24 @@ def test_live_cells():
     assert g.live_cells() == [3]
 
 
+def test_build_order_is_topological_and_names_a_cycle():
+    g = make()
+    assert g.build_order() == g.live_cells() == [1, 2, 4]
+    g.cells[0].inputs = [2]  # cell 1 reads cell 2, which reads cell 1 (built in code, never validated)
+    with pytest.raises(ConfigError, match=r"cycle \((1 -> 2 -> 1|2 -> 1 -> 2)\)"):
+        g.build_order()
+
+
+def test_graph_is_a_copy_callers_may_change():
+    g = make()
+    view = g.graph()
+    view.add_edge(3, "fusion")
+    assert g.live_cells() == [1, 2, 4] and 3 not in g.graph().predecessors("fusion")
+
+
 def test_networkx_view():
     nx = pytest.importorskip("networkx")
-    g = make().to_networkx()
+    g = make().graph()
     assert nx.is_directed_acyclic_graph(g)
     assert set(g.predecessors(2)) == {0, 1} and set(g.predecessors(4)) == {2}
     assert set(g.predecessors("fusion")) == {2, 4}

@@ -9,7 +9,7 @@ from hdnas.core.cost import count
 from hdnas.zoo.sampler import random_genotype
 from hdnas.core.errors import ConfigError
 from hdnas.core.genotype import CellGenotype, Genotype
-from hdnas.core.network import DerivedNet, build_network
+from hdnas.core.network import DerivedNet
 from hdnas.core.space import SearchSpace
 
 
@@ -27,7 +27,7 @@ def tiny_space(scale: int, **kw) -> SearchSpace:
 @pytest.mark.parametrize("size", [(13, 17), (9, 11)])
 def test_forward_backward_shapes(scale, size):
     torch.manual_seed(0)
-    net = build_network(random_genotype(tiny_space(scale), rng=scale))
+    net = DerivedNet(random_genotype(tiny_space(scale), rng=scale))
     lr = torch.rand(2, 3, *size)
     sr = net(lr)
     assert sr.shape == (2, 3, size[0] * scale, size[1] * scale)
@@ -91,4 +91,4 @@ def test_invalid_genotype_is_rejected():
     geno = random_genotype(tiny_space(2), rng=0)
     geno.cells[1].ops[0] = "nope"
     with pytest.raises(ConfigError, match=r"cells\[1\]\.ops\[0\]"):
-        build_network(geno)
+        DerivedNet(geno)

@@ -11,7 +11,7 @@
 Results merge into --json (default runs/benchmark/benchmark.json, --quick: runs/benchmark/quick.json):
 a record replaces the one with the same key, so a suite can run piece by piece. Without --suite,
 the search and models suites run (quality trains for about an hour; ask for it by name).
-All logic lives in hdnas.bench.common; this file parses arguments and prints.
+All logic lives in hdnas.bench (one module per suite); this file parses arguments and prints.
 """
 
 from __future__ import annotations
@@ -24,7 +24,15 @@ from pathlib import Path
 # (not another checkout's editable install).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hdnas.core.errors import HdnasError
+import torch  # noqa: E402
+
+from hdnas.bench.common import REPO_ROOT, BenchmarkError  # noqa: E402
+from hdnas.bench.models import ModelsBenchConfig  # noqa: E402
+from hdnas.bench.quality import QualityBenchConfig  # noqa: E402
+from hdnas.bench.search import SearchBenchConfig  # noqa: E402
+from hdnas.bench.suites import run_suites  # noqa: E402
+from hdnas.core.config import parse_count  # noqa: E402
+from hdnas.core.errors import HdnasError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,22 +81,17 @@ def _set(cfg, **values) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        import torch
-
-        from hdnas.bench import common as B
-        from hdnas.core.config import parse_count
-
         if args.threads:
             torch.set_num_threads(args.threads)
         suites = args.suite or (["search", "models", "quality"] if args.quick else ["search", "models"])
-        out = args.json or str(B.REPO_ROOT / "runs" / "benchmark" / ("quick.json" if args.quick else "benchmark.json"))
+        out = args.json or str(REPO_ROOT / "runs" / "benchmark" / ("quick.json" if args.quick else "benchmark.json"))
 
-        s = B.SearchBenchConfig.quick() if args.quick else B.SearchBenchConfig()
+        s = SearchBenchConfig.quick() if args.quick else SearchBenchConfig()
         _set(s, spaces=args.spaces, scales=args.scales, batch=args.batch, patch=args.patch, orders=args.orders,
              mixed=args.mixed, repeats=args.repeats, warmup=args.warmup, threads=args.threads or None,
              timeout_s=args.timeout)
 
-        m = B.ModelsBenchConfig.quick() if args.quick else B.ModelsBenchConfig()
+        m = ModelsBenchConfig.quick() if args.quick else ModelsBenchConfig()
         _set(m, models=args.models, scales=args.scales, repeats=args.repeats, warmup=args.warmup,
              hr_size=tuple(args.hr_size) if args.hr_size else None, compile_timeout_s=args.compile_timeout,
              threads=args.threads or None)
@@ -101,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_onnx:
             m.onnx = False
 
-        q = B.QualityBenchConfig.quick() if args.quick else B.QualityBenchConfig()
+        q = QualityBenchConfig.quick() if args.quick else QualityBenchConfig()
         if args.genotype and len(args.genotype) > 1 and "quality" in suites:
-            raise B.BenchmarkError("--genotype: the quality suite takes one searched genotype")
+            raise BenchmarkError("--genotype: the quality suite takes one searched genotype")
         _set(q, genotype=args.genotype[0] if args.genotype else None, minutes=args.minutes, data=args.data,
              eval_sets=args.eval, model_index=args.model_index, n_random=args.n_random, seed=args.seed,
              batch=args.batch, patch=args.patch, threads=args.threads or None,
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.scales and len(args.scales) == 1:
             q.scale = args.scales[0]
 
-        B.run_suites(suites, out, s, m, q, quick=args.quick)
+        run_suites(suites, out, s, m, q, quick=args.quick)
     except HdnasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         from hdnas.core.data import build_dataset
-        from hdnas.core.evaluation import bicubic_model, evaluate_bicubic_y, evaluate_model, format_table, write_json_atomic
+        from hdnas.core.atomic import atomic_write_json
+        from hdnas.core.evaluation import bicubic_model, evaluate_bicubic_y, evaluate_model, format_table
 
         net, label = _trained_net(args)
         if args.depth:
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(results))
         if args.json:
             summary = [{k: r[k] for k in ("dataset", "scale", "psnr", "ssim", "images")} for r in results]
-            write_json_atomic(args.json, {"model": label or args.model, "results": summary})
+            atomic_write_json(args.json, {"model": label or args.model, "results": summary})
     except (HdnasError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -108,7 +109,7 @@ def _depth_sweep(net, args: argparse.Namespace) -> int:
     from hdnas.core.adaptive import AdaptiveNet
     from hdnas.deploy.depth import depth_sweep
     from hdnas.core.data import build_dataset
-    from hdnas.core.evaluation import write_json_atomic
+    from hdnas.core.atomic import atomic_write_json
     from hdnas.core.plots import save_depth_sweep_png
     from hdnas.core.weights import load_model
 
@@ -123,7 +124,7 @@ def _depth_sweep(net, args: argparse.Namespace) -> int:
     sweep = depth_sweep(net, sets, list(args.depth), baseline=baseline, repeats=args.repeats, device=device, log=print)
     sweep.update(checkpoint=args.checkpoint or args.weights, compare=args.compare)
     if args.json:
-        write_json_atomic(args.json, sweep)
+        atomic_write_json(args.json, sweep)
     if args.plot:
         title = f"AdaDSR x{net.scale}: {Path(args.checkpoint or args.weights).parent.name}"
         print(f"plot {save_depth_sweep_png(sweep, args.plot, title)}")

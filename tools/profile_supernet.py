@@ -1,60 +1,39 @@
-"""Time one search iteration of the supernet: weight step + architecture step, and peak RSS.
+#!/usr/bin/env python
+"""Profiling aid: the supernet's fused / plain mixed ops and NCHW / channels_last layouts, side by side.
 
 Weight step: forward + L1 + backward into every parameter. Architecture step (first order):
-forward on another batch + L1 + gradients w.r.t. α and β only (``torch.autograd.grad``).
+forward on another batch + L1 + gradients w.r.t. α and β only. What ``tools/benchmark.py --suite
+search`` does not give: the NCHW layouts, variants interleaved iteration by iteration in one process
+(a change in load hits all alike), and a torch.profiler table. For the published figures (the real
+searcher and architect, per-configuration peak RSS) use ``tools/benchmark.py --suite search``.
 
-    python tools/profile_supernet.py                         # dlsr.yaml, batch 8, 32×32, ×2, fused NHWC
+    python tools/profile_supernet.py                         # dlsr space, batch 8, 32×32, ×2, fused NHWC
     python tools/profile_supernet.py --plain --nchw          # the literal reference formulation
     python tools/profile_supernet.py --compare               # all four variants, interleaved
     python tools/profile_supernet.py --profile               # + torch.profiler table of one weight step
 
-The machine is shared: each line also reports a probe (a 48-channel 3×3 conv at 320×180 in NHWC,
-DESIGN.md's reference) so timings can be read against what the CPU delivered at the time.
-``--compare`` switches the same net between variants iteration by iteration, so a change in load
-hits all of them alike (peak RSS is then the process's, not a variant's: run variants singly for it).
+Each run also reports the dense-conv throughput (48-channel 3×3 at 320×180, NHWC: the probe of
+DESIGN.md's performance notes) before and after, to read the timings against what the CPU delivered.
+All logic lives in hdnas.bench.search; this file parses arguments and prints.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from hdnas.core.space import load_space  # noqa: E402
-from hdnas.search.supernet import SuperNet  # noqa: E402
-
-VARIANTS = {  # name -> (fused, channels_last)
-    "fused channels_last": (True, True),
-    "fused NCHW": (True, False),
-    "plain channels_last": (False, True),
-    "plain NCHW": (False, False),
-}
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def probe_gmacs(reps: int = 3) -> float:
-    """GMAC/s of a 48-channel 3×3 conv at 320×180 in NHWC right now (best of ``reps``)."""
-    x = torch.randn(1, 48, 180, 320).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(48, 48, 3, 3)
-    F.conv2d(x, w, padding=1)
-    return 48 * 48 * 9 * 180 * 320 / min(_timed(lambda: F.conv2d(x, w, padding=1)) for _ in range(reps)) / 1e9
+from hdnas.bench.search import SUPERNET_VARIANTS, compare_supernet_variants  # noqa: E402
+from hdnas.core.errors import HdnasError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--space", default="search_spaces/dlsr.yaml")
+    ap.add_argument("--space", default="dlsr", help="space name or YAML file (default: dlsr)")
     ap.add_argument("--scale", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--patch", type=int, default=32, help="LR patch side")
@@ -69,49 +48,25 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    space = load_space(args.space, scale=args.scale, overrides=args.overrides)
-    net = SuperNet(space)
-    arch = net.arch_parameters()
-    s, p, b = args.scale, args.patch, args.batch
-    batches = [(torch.rand(b, 3, p, p), torch.rand(b, 3, p * s, p * s)) for _ in range(2)]
-
-    def weight_step() -> None:
-        lr, hr = batches[0]
-        net.zero_grad(set_to_none=True)
-        F.l1_loss(net(lr), hr).backward()
-
-    def arch_step() -> None:
-        lr, hr = batches[1]
-        torch.autograd.grad(F.l1_loss(net(lr), hr), arch)
-
     if args.compare:
-        variants = list(VARIANTS)
+        variants = list(SUPERNET_VARIANTS)
     else:
         variants = [f"{'plain' if args.plain else 'fused'} {'NCHW' if args.nchw else 'channels_last'}"]
-    best: dict[str, tuple[float, float]] = {}
-    probes = [probe_gmacs()]
-    for it in range(args.warmup + args.iters):
-        for name in variants:
-            net.fused, net.channels_last = VARIANTS[name]
-            w, a = _timed(weight_step), _timed(arch_step)
-            if it >= args.warmup:
-                bw, ba = best.get(name, (float("inf"), float("inf")))
-                best[name] = (min(bw, w), min(ba, a))
-    probes.append(probe_gmacs())
-    if args.profile:
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            weight_step()
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        rep = compare_supernet_variants(args.space, args.scale, variants, args.batch, args.patch, args.iters,
+                                        args.warmup, args.overrides, profile=args.profile)
+    except HdnasError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if rep.profile_table:
+        print(rep.profile_table)
+    sp = rep.space
     print(
-        f"{space.name} ×{s}: C={space.channels} N={space.cells} K={space.steps} |ops|={len(space.ops)}, "
-        f"batch {b}, LR patch {p}×{p}, {args.threads} threads; best of {args.iters}; "
-        f"probe 3×3 conv {min(probes):.0f}–{max(probes):.0f} GMAC/s; peak RSS {rss:.0f} MiB"
+        f"{sp.name} ×{sp.scale}: C={sp.channels} N={sp.cells} K={sp.steps} |ops|={len(sp.ops)}, "
+        f"batch {args.batch}, LR patch {args.patch}×{args.patch}, {rep.threads} threads; best of {args.iters}; "
+        f"dense 3×3 conv {min(rep.dense_gmacs):.0f}–{max(rep.dense_gmacs):.0f} GMAC/s; peak RSS {rep.peak_rss_mib:.0f} MiB"
     )
-    for name, (w, a) in best.items():
+    for name, (w, a) in rep.times.items():
         print(f"  {name:20s} weight step {w * 1e3:7.0f} ms   arch step {a * 1e3:7.0f} ms   iteration {(w + a) * 1e3:7.0f} ms")
     return 0
 

@@ -42,7 +42,6 @@ import torch.nn.functional as F
 from hdnas.core.blocks import lrelu
 from hdnas.core.config import ConfigError
 from hdnas.core.genotype import Genotype
-from hdnas.core.inference import op_radius
 from hdnas.core.network import DerivedNet
 from hdnas.core.ops import conv_macs, get_op
 
@@ -156,7 +155,7 @@ class AdaptiveNet(DerivedNet):
         self.n_groups = 1 if cfg.groups == "network" else len(self.live)
         self.units_per_group = self.steps * (len(self.live) if cfg.groups == "network" else 1)
         self.adapter = DepthAdapter(genotype.channels, cfg.channels, cfg.layers, self.n_groups)
-        self.radii = {pos: [op_radius(op) for op in genotype.cells[i - 1].ops] for pos, i in enumerate(self.live)}
+        self.radii = {pos: [get_op(op).radius for op in genotype.cells[i - 1].ops] for pos, i in enumerate(self.live)}
         self.depth: float | None = None  # the default desired depth of forward(); None: depth_range's top
         self.execution = "auto"
 

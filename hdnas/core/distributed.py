@@ -91,7 +91,3 @@ def init_distributed(device: str = "auto") -> DistContext:
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return DistContext(rank=rank, world_size=world, local_rank=local, device=dev)
 
-
-def shutdown_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

@@ -8,12 +8,10 @@ upscaling is such a model (:func:`bicubic_model`), so later nets plug in unchang
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from hdnas.core.atomic import atomic_write_json
 from hdnas.core.data.datasets import SRImageSet
 from hdnas.core.data.imresize import imresize, imresize_uint8, to_uint8
 from hdnas.core.metrics import psnr_on_levels, psnr_y_batch, rgb_to_y, ssim_on_levels, ssim_y_batch
@@ -24,7 +22,6 @@ __all__ = [
     "evaluate_model",
     "evaluate_bicubic_y",
     "format_table",
-    "write_json_atomic",
 ]
 
 ModelFn = Callable[[torch.Tensor], torch.Tensor]
@@ -153,9 +150,4 @@ def format_table(results: list[dict[str, Any]]) -> str:
         cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
         lines.append("  ".join(cells))
     return "\n".join(lines)
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """JSON written atomically (non-finite floats as null): a crash leaves the previous file intact."""
-    atomic_write_json(path, obj)
 

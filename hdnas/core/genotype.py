@@ -7,12 +7,15 @@ Node numbering used throughout: output 0 is the stem, output i (1..N) is cell i.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import networkx as nx
 
 from hdnas.core.atomic import atomic_write_text
 from hdnas.core.errors import ConfigError
@@ -49,12 +52,33 @@ class Genotype:
         return len(self.cells[0].ops) if self.cells else 0
 
     def live_cells(self) -> list[int]:
-        """Cells whose output reaches the fusion; the others are dead code a derived net skips."""
-        live: set[int] = set(self.fusion)
-        for i in range(len(self.cells), 0, -1):
-            if i in live:
-                live.update(j for j in self.cells[i - 1].inputs if j > 0)
-        return sorted(live)
+        """Cells whose output reaches the fusion (a path in :meth:`graph`); the others are dead code a
+        derived net skips."""
+        return list(_live_cells(self._wiring()))
+
+    def build_order(self) -> list[int]:
+        """The live cells in an order a network can compute them (each after its inputs).
+
+        Raises :class:`ConfigError` naming a cycle: a genotype built in code is not necessarily
+        validated, and a builder must not index an output that is not computed yet.
+        """
+        return list(_build_order(self._wiring()))
+
+    def graph(self) -> nx.DiGraph:
+        """The network as a graph: output 0 (stem) -> cells 1..N -> ``fusion`` -> ``upsampler``, plus
+        the long skip from the stem. Edges carry their ``role``; cells their ``ops`` and ``live``."""
+        g = _graph(self._wiring()).copy()
+        live = set(self.live_cells())
+        g.nodes[0].update(kind="stem", label="stem conv 3×3")
+        for i, cell in enumerate(self.cells, start=1):
+            g.nodes[i].update(kind="cell", ops=list(cell.ops), live=i in live)
+        g.nodes["fusion"].update(kind="fusion")
+        g.nodes["upsampler"].update(kind="upsampler", scale=self.scale)
+        return g
+
+    def _wiring(self) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]:
+        """What the graph depends on, hashable: the graph functions below cache on it."""
+        return tuple(tuple(c.inputs) for c in self.cells), tuple(self.fusion)
 
     def validate(self) -> None:
         validate_dict(self.to_dict())
@@ -97,23 +121,41 @@ class Genotype:
         atomic_write_text(path, self.to_json() + "\n")
         return path
 
-    def to_networkx(self):
-        """A ``networkx.DiGraph`` of outputs: stem -> cells -> fusion -> upsampler (edges carry their role)."""
-        import networkx as nx
 
-        g = nx.DiGraph()
-        g.add_node(0, kind="stem", label="stem conv 3×3")
-        for i, cell in enumerate(self.cells, start=1):
-            g.add_node(i, kind="cell", ops=list(cell.ops), live=i in self.live_cells())
-            for j in cell.inputs:
-                g.add_edge(j, i, role="input")
-        g.add_node("fusion", kind="fusion")
-        for j in self.fusion:
-            g.add_edge(j, "fusion", role="fusion")
-        g.add_node("upsampler", kind="upsampler", scale=self.scale)
-        g.add_edge("fusion", "upsampler", role="body")
-        g.add_edge(0, "upsampler", role="long_skip")
-        return g
+
+# -- the network as a graph (networkx); cached on the wiring, since genotypes are tiny and asked often --
+_Wiring = tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]
+
+
+@functools.lru_cache(maxsize=1024)
+def _graph(wiring: _Wiring) -> nx.DiGraph:
+    inputs, fusion = wiring
+    g = nx.DiGraph()
+    g.add_nodes_from([0, *range(1, len(inputs) + 1), "fusion", "upsampler"])
+    g.add_edges_from((j, i, {"role": "input"}) for i, ins in enumerate(inputs, start=1) for j in ins)
+    g.add_edges_from((j, "fusion", {"role": "fusion"}) for j in fusion)
+    g.add_edge("fusion", "upsampler", role="body")
+    g.add_edge(0, "upsampler", role="long_skip")
+    nx.freeze(g)
+    return g
+
+
+@functools.lru_cache(maxsize=1024)
+def _live_cells(wiring: _Wiring) -> tuple[int, ...]:
+    return tuple(sorted(n for n in nx.ancestors(_graph(wiring), "fusion") if isinstance(n, int) and n > 0))
+
+
+@functools.lru_cache(maxsize=1024)
+def _build_order(wiring: _Wiring) -> tuple[int, ...]:
+    g = _graph(wiring)
+    try:
+        cycle = nx.find_cycle(g)
+    except nx.NetworkXNoCycle:
+        live = set(_live_cells(wiring))
+        order = nx.lexicographical_topological_sort(g, key=lambda n: (n, "") if isinstance(n, int) else (len(g), n))
+        return tuple(n for n in order if n in live)
+    path = " -> ".join(str(a) for a, _ in cycle) + f" -> {cycle[0][0]}"
+    raise ConfigError(f"genotype: the cells' inputs form a cycle ({path}); a cell may only read earlier outputs")
 
 
 def _dumps(data: Any, indent: int = 2, level: int = 0) -> str:

@@ -38,21 +38,6 @@ ESA_RADIUS_BOUND = 15 + 18 + 12
 DEFAULT_TILE = 256  # LR pixels per tile side when a whole image does not fit
 
 
-def op_radius(name: str) -> int:
-    """Receptive-field radius (pixels on each side) of a registered op."""
-    spec = get_op(name)
-    half = spec.kernel // 2
-    if spec.family == "conv":
-        return half
-    if spec.family == "sep":  # two depthwise k×k convs in a row
-        return 2 * half
-    if spec.family == "dil":
-        return spec.dilation * half
-    raise ValueError(
-        f"op '{name}': receptive field of family '{spec.family}' unknown; extend hdnas.core.inference.op_radius"
-    )
-
-
 @dataclass(frozen=True)
 class ReceptiveField:
     """``radius``: LR pixels on each side an output pixel can depend on (for HR pixel (y, x), around
@@ -65,16 +50,16 @@ class ReceptiveField:
 def receptive_field(genotype: Genotype) -> ReceptiveField:
     """Receptive field of ``DerivedNet(genotype)``, from its layers (see :mod:`hdnas.core.network`).
 
-    Stem 3×3 (1), each live cell ``Σ op radii + 1`` (its last 3×3 distillation conv is the longest
+    Stem 3×3 (1), each live cell ``Σ op radii + 1`` (radii from the op registry) (its last 3×3 distillation conv is the longest
     branch; the 1×1s add nothing) on top of its deepest input, fusion 1×1, body 3×3 (+1, or the stem
     through the long skip), upsampler 3×3 (+1); pixel shuffle adds nothing at LR resolution.
     With ESA, each cell adds :data:`ESA_RADIUS_BOUND` and the result is a bound, not exact.
     """
     esa = ESA_RADIUS_BOUND if genotype.esa else 0
     r = {0: 1}
-    for i in genotype.live_cells():
+    for i in genotype.build_order():
         cell = genotype.cells[i - 1]
-        r[i] = max(r[j] for j in cell.inputs) + sum(op_radius(op) for op in cell.ops) + 1 + esa
+        r[i] = max(r[j] for j in cell.inputs) + sum(get_op(op).radius for op in cell.ops) + 1 + esa
     fused = max(r[j] for j in genotype.fusion)
     body = max(fused + 1, r[0])
     return ReceptiveField(radius=body + 1, exact=not genotype.esa)

@@ -28,7 +28,7 @@ class DerivedNet(nn.Module):
         c = genotype.channels
         self.genotype = genotype
         self.scale = genotype.scale
-        self.live: list[int] = genotype.live_cells()
+        self.live: list[int] = genotype.build_order()  # live cells, each after its inputs
         self.sub_mean = MeanShift(-1)
         self.stem = conv3x3(3, c)
         self.cells = nn.ModuleDict()
@@ -63,7 +63,3 @@ class DerivedNet(nn.Module):
         body = self.body(fused) + outs[0]
         return self.upsampler(body, lr)
 
-
-def build_network(genotype: Genotype) -> DerivedNet:
-    """Build the derived net for a genotype (validated first, so a bad file fails with its field name)."""
-    return DerivedNet(genotype)

@@ -2,7 +2,8 @@
 
 Every searchable operation is one :class:`OpSpec`: how to build it, its exact Multi-Adds and
 parameter count, and how to draw it. The supernet, the derived network, the cost model and the
-renderer all read this table, so adding an operation is one ``register`` call.
+renderer, tiled inference (receptive field) and AdaDSR (halos) all read this table, so adding an
+operation is one ``register`` call.
 
 Conventions: an op maps ``c_in`` to ``c_out`` channels at stride 1 with "same" padding, so its
 output has the input's H×W. Multi-Adds count one multiply-accumulate as one, like fvcore's conv
@@ -28,12 +29,44 @@ def conv_params(c_in: int, c_out: int, k: int, groups: int = 1, bias: bool = Tru
 
 
 @dataclass(frozen=True)
+class DepthwiseConv:
+    """One depthwise k×k conv inside an op: its index in the op's ``nn.Sequential``, kernel and dilation."""
+
+    index: int
+    kernel: int
+    dilation: int = 1
+
+
+@dataclass(frozen=True)
+class BranchLayout:
+    """Layer layout of an op built as ``nn.Sequential(ReLU, *body, pointwise 1×1)``, for the fused supernet.
+
+    The supernet computes the leading ReLU (index 0) once for all such ops, runs each op's ``body``
+    (indices, in order) on it, and merges the ops' last ``pointwise`` convs into one 1×1 conv over the
+    concatenated features. ``depthwise`` names the body's depthwise convs: the supernet checks the
+    built op against them (else it runs the op unfused) and gives dilated ones a faster CPU backward.
+    """
+
+    body: tuple[int, ...]
+    pointwise: int
+    depthwise: tuple[DepthwiseConv, ...]
+
+    @property
+    def radius(self) -> int:
+        """Receptive-field radius: the depthwise convs in a row (the 1×1 convs add nothing)."""
+        return sum(d.dilation * (d.kernel // 2) for d in self.depthwise)
+
+
+@dataclass(frozen=True)
 class OpSpec:
     """One searchable operation.
 
-    ``family`` groups ops that the fast supernet path can merge: ``conv`` ops are linear in the same
-    input (their α-weighted sum is one conv with summed, zero-padded kernels), ``sep`` and ``dil`` ops
-    start from ReLU(x) and run depthwise then pointwise convolutions.
+    ``family`` groups ops for drawing; ``conv`` ops are also linear in the same input, so the fast
+    supernet path merges them (their α-weighted sum is one conv with summed, zero-padded kernels).
+    ``radius``: how many pixels on each side an output pixel reads (its receptive-field radius), which
+    tiled inference and AdaDSR's halos rely on; tests check it against the built op's gradient.
+    ``layout``: where the fused supernet finds the layers of a ReLU → depthwise → pointwise op; None
+    for any other structure (the supernet then runs the op as it is).
     """
 
     name: str
@@ -43,7 +76,9 @@ class OpSpec:
     label: str
     family: str
     kernel: int
+    radius: int
     dilation: int = 1
+    layout: BranchLayout | None = None
 
 
 OPS: dict[str, OpSpec] = {}
@@ -105,10 +140,12 @@ def _plain_conv(k: int) -> OpSpec:
         label=f"conv {k}×{k}",
         family="conv",
         kernel=k,
+        radius=k // 2,
     )
 
 
 def _sep_conv(k: int) -> OpSpec:
+    layout = BranchLayout(body=(1, 2, 3, 4), pointwise=5, depthwise=(DepthwiseConv(1, k), DepthwiseConv(4, k)))
     return OpSpec(
         name=f"sep_conv_{k}x{k}",
         factory=lambda c_in, c_out: SepConv(c_in, c_out, k),
@@ -121,19 +158,24 @@ def _sep_conv(k: int) -> OpSpec:
         label=f"sep {k}×{k}",
         family="sep",
         kernel=k,
+        radius=layout.radius,
+        layout=layout,
     )
 
 
-def _dil_conv(k: int) -> OpSpec:
+def _dil_conv(k: int, dilation: int = 2) -> OpSpec:
+    layout = BranchLayout(body=(1,), pointwise=2, depthwise=(DepthwiseConv(1, k, dilation),))
     return OpSpec(
         name=f"dil_conv_{k}x{k}",
-        factory=lambda c_in, c_out: DilConv(c_in, c_out, k, 2),
+        factory=lambda c_in, c_out: DilConv(c_in, c_out, k, dilation),
         macs=lambda c_in, c_out, h, w: conv_macs(c_in, c_in, k, h, w, groups=c_in) + conv_macs(c_in, c_out, 1, h, w),
         params=lambda c_in, c_out: conv_params(c_in, c_in, k, groups=c_in, bias=False) + conv_params(c_in, c_out, 1),
-        label=f"dil {k}×{k} (d=2)",
+        label=f"dil {k}×{k} (d={dilation})",
         family="dil",
         kernel=k,
-        dilation=2,
+        radius=layout.radius,
+        dilation=dilation,
+        layout=layout,
     )
 
 

@@ -183,8 +183,8 @@ class SearchData:
             val = images.subset(parts.val, name=f"{images.name} (held out)")
         self.val = val.subset(range(min(len(val), cfg.val_max_images or len(val))))
         self.halves = {
-            "w": PatchDataset(images.subset(parts.weights), cfg.patch, 1, seed=seed, augment=cfg.augment, skip_small=True),
-            "a": PatchDataset(images.subset(parts.arch), cfg.patch, 1, seed=seed, augment=cfg.augment, skip_small=True),
+            "w": PatchDataset(images.subset(parts.weights), cfg.patch, augment=cfg.augment, skip_small=True),
+            "a": PatchDataset(images.subset(parts.arch), cfg.patch, augment=cfg.augment, skip_small=True),
         }
         self.description = (
             f"{images.name}: {len(parts.weights)} images for weights, {len(parts.arch)} for the architecture, "

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hdnas.core.blocks import DistillCell, MeanShift, Upsampler, conv1x1, conv3x3, lrelu
-from hdnas.core.ops import DilConv, SepConv, build_op, get_op
+from hdnas.core.ops import BranchLayout, build_op, get_op
 from hdnas.core.space import ArchProbs, SearchSpace
 
 
@@ -68,17 +68,28 @@ def dilated_depthwise(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> t
     return _DilatedDepthwise.apply(x, weight, dilation)
 
 
-def _is_same_dilated_depthwise(conv: nn.Module) -> bool:
-    if not isinstance(conv, nn.Conv2d) or conv.bias is not None:
-        return False
-    k, d = conv.kernel_size, conv.dilation
+def _is_depthwise(conv: nn.Module, kernel: int, dilation: int) -> bool:
+    """``conv`` is a bias-free depthwise "same" conv, stride 1, with this kernel and dilation."""
     return (
-        conv.groups == conv.in_channels == conv.out_channels
+        isinstance(conv, nn.Conv2d)
+        and conv.bias is None
+        and conv.groups == conv.in_channels == conv.out_channels
         and conv.stride == (1, 1)
-        and k[0] == k[1] and k[0] % 2 == 1
-        and d[0] == d[1] > 1
-        and conv.padding == (d[0] * (k[0] // 2),) * 2
+        and conv.kernel_size == (kernel, kernel)
+        and kernel % 2 == 1
+        and conv.dilation == (dilation, dilation)
+        and conv.padding == (dilation * (kernel // 2),) * 2
     )
+
+
+def _matches_layout(op: nn.Module, layout: BranchLayout) -> bool:
+    """The built op has the layers its registry layout names (else the supernet runs it unfused)."""
+    if not isinstance(op, nn.Sequential) or len(op) != layout.pointwise + 1 or not isinstance(op[0], nn.ReLU):
+        return False
+    pw = op[layout.pointwise]
+    if not (isinstance(pw, nn.Conv2d) and pw.kernel_size == (1, 1) and pw.groups == 1 and pw.bias is not None):
+        return False
+    return all(d.index in layout.body and _is_depthwise(op[d.index], d.kernel, d.dilation) for d in layout.depthwise)
 
 
 class MixedOp(nn.Module):
@@ -89,16 +100,17 @@ class MixedOp(nn.Module):
 
     * ``conv`` family (plain k×k convs, all linear in x): Σ_o w_o·conv(x, W_o) + b_o is one conv
       whose kernel is Σ_o w_o·pad(W_o) (zero-padded to the largest k) and bias Σ_o w_o·b_o;
-    * ``sep``/``dil`` families (ReLU -> depthwise -> ... -> pointwise 1×1): ReLU(x) is computed
-      once, and the α-weighted sum of their last pointwise convs is one 1×1 conv over the
-      concatenated depthwise outputs, with weights w_o·P_o (biases summed likewise);
+    * ops with a registry :class:`~hdnas.core.ops.BranchLayout` (ReLU -> depthwise -> ... ->
+      pointwise 1×1: ``sep``, ``dil``): ReLU(x) is computed once, and the α-weighted sum of their
+      last pointwise convs is one 1×1 conv over the concatenated body outputs, with weights w_o·P_o
+      (biases summed likewise);
     * on CPU, dilated depthwise convs use :func:`dilated_depthwise` (same result, faster backward).
 
     Measured and rejected (slower on the 2-core CPU): one depthwise conv over all candidates'
     zero-padded kernels (with a channel multiplier or on repeated input: 2–5× slower than separate
     depthwise convs, whose cost is dominated by the backward and grows with k²), and separate
     α-scaled 1×1 convs instead of the concatenation (no gain).
-    Anything else (ops registered later with other structures) falls back to w_o · op_o(x).
+    Anything else (ops registered without a layout, or built unlike their layout) runs as w_o · op_o(x).
     """
 
     def __init__(self, ops: Sequence[str], c: int, fused: bool = True):
@@ -107,21 +119,19 @@ class MixedOp(nn.Module):
         self.ops = nn.ModuleList(build_op(name, c, c) for name in self.names)
         self.fused = fused
         self._conv: list[int] = []  # indices of plain convs
-        self._sep: list[int] = []  # SepConv: ReLU, dw, pw, ReLU, dw, pw
-        self._dil: list[int] = []  # DilConv: ReLU, dw, pw
+        self._branch: dict[int, BranchLayout] = {}  # ReLU -> body -> pointwise ops, by their registry layout
+        self._fast_dil: dict[int, set[int]] = {}  # per branch op: body indices of dilated depthwise convs
         self._other: list[int] = []
         for i, (name, op) in enumerate(zip(self.names, self.ops)):
-            family = get_op(name).family
-            if family == "conv" and isinstance(op, nn.Conv2d) and op.groups == 1 and op.stride == (1, 1):
+            spec = get_op(name)
+            if spec.family == "conv" and isinstance(op, nn.Conv2d) and op.groups == 1 and op.stride == (1, 1):
                 self._conv.append(i)
-            elif family == "sep" and isinstance(op, SepConv):
-                self._sep.append(i)
-            elif family == "dil" and isinstance(op, DilConv):
-                self._dil.append(i)
+            elif spec.layout is not None and _matches_layout(op, spec.layout):
+                self._branch[i] = spec.layout
+                self._fast_dil[i] = {d.index for d in spec.layout.depthwise if d.dilation > 1}
             else:
                 self._other.append(i)
         self._kmax = max((self.ops[i].kernel_size[0] for i in self._conv), default=0)
-        self._fast_dil = {i: _is_same_dilated_depthwise(self.ops[i][1]) for i in self._dil}
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if not self.fused:
@@ -133,19 +143,17 @@ class MixedOp(nn.Module):
         if self._conv:
             kernel, bias = self._merged_conv(weights)
             out = F.conv2d(x, kernel, bias, padding=self._kmax // 2)
-        if self._sep or self._dil:
+        if self._branch:
             r = F.relu(x)
-            feats, last = [], []
-            for i in self._sep:
-                op = self.ops[i]
-                feats.append(op[4](F.relu(op[2](op[1](r)))))
-                last.append((i, op[5]))
             cpu = r.device.type == "cpu"  # the custom backward is a CPU fix; GPUs' native kernels are fine
-            for i in self._dil:
-                op = self.ops[i]
-                fast = cpu and self._fast_dil[i]
-                feats.append(dilated_depthwise(r, op[1].weight, op[1].dilation[0]) if fast else op[1](r))
-                last.append((i, op[2]))
+            feats, last = [], []
+            for i, layout in self._branch.items():
+                op, y = self.ops[i], r
+                for j in layout.body:
+                    m = op[j]
+                    y = dilated_depthwise(y, m.weight, m.dilation[0]) if cpu and j in self._fast_dil[i] else m(y)
+                feats.append(y)
+                last.append((i, op[layout.pointwise]))
             weight = torch.cat([weights[i] * pw.weight for i, pw in last], dim=1)
             bias = sum(weights[i] * pw.bias for i, pw in last)
             z = F.conv2d(torch.cat(feats, dim=1) if len(feats) > 1 else feats[0], weight, bias)

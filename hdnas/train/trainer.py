@@ -293,7 +293,7 @@ class Trainer:
             if ds.scale != self.scale:
                 raise TrainError(f"{name} images are for ×{ds.scale}, genotype is ×{self.scale}")
         # as the search does: images smaller than a patch (T91 has 78x78 ones) are left out, with a warning
-        self.patches = PatchDataset(train_set, cfg.data.patch, 1, seed=cfg.seed, augment=cfg.data.augment,
+        self.patches = PatchDataset(train_set, cfg.data.patch, augment=cfg.data.augment,
                                     skip_small=True)
         if len(self.patches.images) < len(train_set):
             warnings.warn(f"{len(train_set) - len(self.patches.images)} of {len(train_set)} training images are "

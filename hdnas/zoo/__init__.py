@@ -12,14 +12,15 @@ it is a plain module with an exact, fvcore-checked cost (``imdn``, ``fsrcnn``) o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Callable
 
 import torch.nn as nn
 
 from hdnas.core.cost import HR_SIZE, count
 from hdnas.core.errors import ConfigError
 from hdnas.core.genotype import Genotype
+from hdnas.core.network import DerivedNet
 from hdnas.zoo.bicubic import Bicubic, bicubic_cost
 from hdnas.zoo.common import ModelCost, num_params
 from hdnas.zoo.fsrcnn import FSRCNN, YChannelSR, build_fsrcnn, fsrcnn_cost
@@ -45,7 +46,6 @@ __all__ = [
     "num_params",
     "random_genotypes",
     "reference_cost",
-    "reference_genotype",
     "rfdn_channels_for_macs",
     "rfdn_for_macs",
     "rfdn_genotype",
@@ -54,14 +54,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Reference:
-    """One reference net. ``genotype`` is None for plain modules; ``cost`` is exact (== fvcore + extras)."""
+    """One reference net; ``cost`` is exact (== fvcore + extras)."""
 
     name: str
     summary: str
     build: Callable[..., nn.Module]  # (scale, **kw)
     cost: Callable[..., ModelCost]  # (scale, hr_size, **kw)
-    genotype: Callable[..., Genotype] | None = None  # (scale, **kw)
-    published: dict[str, Any] = field(default_factory=dict)  # the paper's own figures, for the report
 
 
 def genotype_cost(genotype: Genotype, hr_size: tuple[int, int] = HR_SIZE) -> ModelCost:
@@ -72,8 +70,6 @@ def genotype_cost(genotype: Genotype, hr_size: tuple[int, int] = HR_SIZE) -> Mod
 
 def _from_genotype(make: Callable[..., Genotype]) -> tuple[Callable[..., nn.Module], Callable[..., ModelCost]]:
     def build(scale: int, **kw) -> nn.Module:
-        from hdnas.core.network import DerivedNet
-
         return DerivedNet(make(scale, **kw))
 
     def cost(scale: int, hr_size: tuple[int, int] = HR_SIZE, **kw) -> ModelCost:
@@ -93,39 +89,30 @@ REFERENCES: dict[str, Reference] = {
             "RFDN-style genotype: conv_3x3 refinement, chain, all cells fused, ESA (C=48, 6 cells; channels=... to resize)",
             _rfdn_build,
             _rfdn_cost,
-            rfdn_genotype,
-            {"paper": "Liu et al. 2020", "params_x4": "about 0.55M (C=48, 6 blocks)"},
         ),
         Reference(
             "imdn",
             "IMDN, faithful plain module: channel-split distillation, CCA (C=64, 6 blocks)",
             lambda scale, **kw: IMDN(scale, **kw),
             imdn_cost,
-            None,
-            {"paper": "Hui et al. 2019", "params_x4": 715_176, "macs_x4": "40.9G"},
         ),
         Reference(
             "imdn_space",
             "IMDN approximated in our space: conv_3x3, C=64, 6 cells, chain, all fused, no ESA (CCA inexpressible)",
             _imdn_space_build,
             _imdn_space_cost,
-            imdn_space_genotype,
-            {"note": "our cell lacks IMDN's channel split and CCA; use 'imdn' to compare with IMDN"},
         ),
         Reference(
             "fsrcnn",
             "FSRCNN(56, 12, 4) on Y with PReLU and a 9x9 deconvolution; chroma by bicubic",
             lambda scale, **kw: build_fsrcnn(scale, **kw),
             fsrcnn_cost,
-            None,
-            {"paper": "Dong et al. 2016", "params": "12,464 conv weights", "macs_paper": {"x2": "6.0G", "x3": "5.0G", "x4": "4.6G"}},
         ),
         Reference(
             "bicubic",
             "MATLAB bicubic upscaling (no parameters; 0 Multi-Adds by convention)",
             lambda scale, **kw: Bicubic(scale),
             lambda scale, hr_size=HR_SIZE, **kw: bicubic_cost(scale, hr_size),
-            None,
         ),
     )
 }
@@ -145,12 +132,6 @@ def _get(name: str) -> Reference:
 def build_reference(name: str, scale: int, **kw) -> nn.Module:
     """The reference net ``name`` at ×``scale`` as an ``nn.Module`` (LR RGB in [0, 1] -> SR RGB)."""
     return _get(name).build(scale, **kw)
-
-
-def reference_genotype(name: str, scale: int, **kw) -> Genotype | None:
-    """The genotype of a reference expressible in our space, else None (plain modules)."""
-    make = _get(name).genotype
-    return None if make is None else make(scale, **kw)
 
 
 def reference_cost(name: str, scale: int, hr_size: tuple[int, int] = HR_SIZE, **kw) -> ModelCost:

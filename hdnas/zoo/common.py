@@ -26,10 +26,6 @@ class ModelCost:
     paper_macs: int | None = None
     note: str = ""
 
-    @property
-    def fvcore_expected(self) -> int:
-        return self.macs - self.extras
-
 
 def num_params(module) -> int:
     return sum(p.numel() for p in module.parameters())

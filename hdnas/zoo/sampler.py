@@ -2,7 +2,7 @@
 
 A search is only worth its cost if it beats architectures drawn at random *at the same cost*.
 :func:`random_genotypes` first tries plain rejection sampling (draw with
-:func:`hdnas.search.derive.random_genotype`, keep those in range): its samples are exactly uniform over the
+:func:`random_genotype`, keep those in range): its samples are exactly uniform over the
 space's genotypes in range. When the range holds too small a share of the space for that to finish
 within ``rejection_tries`` draws, the rest come from a guided sampler: draw the network level
 (inputs, fusion) as before, then the ops slot by slot, each uniformly among those that still let
@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass
 
 from hdnas.core.config import format_count
-from hdnas.core.cost import HR_SIZE, cost_bounds, cost_table, count
+from hdnas.core.cost import HR_SIZE, cost_bounds, cost_table
 from hdnas.core.errors import ConfigError
 from hdnas.core.genotype import CellGenotype, Genotype
 from hdnas.core.space import SearchSpace
@@ -168,11 +168,7 @@ def random_genotypes(
             f"Multi-Adds in {format_count(lo)}..{format_count(hi)} for {where} after {rejection_tries} rejection "
             f"and {max_tries} guided draws; widen the range (reachable: {format_count(bmin)}..{format_count(bmax)})"
         )
-    for g in found:  # the table-based cost is a shortcut; the cost model has the last word
-        exact = count(g, hr_size).macs
-        if exact != g.provenance["multi_adds"]:
-            raise AssertionError(f"fast cost {g.provenance['multi_adds']} != count() {exact}")
-    return found
+    return found  # the table-based cost equals count(): tests/test_zoo.py checks it
 
 
 def random_genotype(space: SearchSpace, rng: random.Random | int | None = None) -> Genotype:

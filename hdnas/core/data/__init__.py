@@ -5,7 +5,7 @@ Typical use::
     from hdnas.core.data import build_dataset, PatchDataset, split_train_val
     images = build_dataset(["../shared/data/T91"], scale=4)          # or None: built-in sample set
     parts = split_train_val(list(range(len(images))), n_val=2, seed=0)
-    train_w = PatchDataset(images.subset(parts.weights), patch_size=32, patches_per_epoch=1600, seed=0)
+    train_w = PatchDataset(images.subset(parts.weights), patch_size=32)
     lr, hr = train_w.sample_batch(16, torch.Generator().manual_seed(0))
 """
 
@@ -19,7 +19,6 @@ from hdnas.core.data.datasets import (
     from_arrays,
     load_folder,
     modcrop,
-    patch_seed,
     sample_dataset,
     split_train_val,
 )
@@ -43,7 +42,6 @@ __all__ = [
     "list_images",
     "load_folder",
     "modcrop",
-    "patch_seed",
     "read_image",
     "sample_dataset",
     "sample_images",

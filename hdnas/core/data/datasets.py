@@ -5,9 +5,8 @@ Two levels, because evaluation wants whole images and training wants many small 
 * :class:`SRImageSet` -- whole images, each an :class:`SRImage` (uint8 HR cropped to a multiple
   of the scale, its uint8 LR).  Built from a folder (:func:`load_folder`, layout detected), from
   in-memory arrays (:func:`from_arrays`) or via the one entry point :func:`build_dataset`.
-* :class:`PatchDataset` -- a ``torch.utils.data.Dataset`` of random patches from an image set, with
-  flips/rotations, ``patches_per_epoch`` items per epoch and ``set_epoch``; plus
-  :meth:`PatchDataset.sample_batch` which draws a whole batch without a DataLoader.
+* :class:`PatchDataset` -- random aligned patches from an image set, with flips/rotations, drawn a
+  whole batch at a time by :meth:`PatchDataset.sample_batch` from a generator the loop seeds per step.
 
 Images are decoded once and kept as uint8 tensors, 4x less memory than float32 (DIV2K-train, 800
 images of ~2040x1400, is ~6.6 GB of uint8 HR plus 1.7 GB of x2 LR; ~33 GB as float32).  Patches are
@@ -41,7 +40,6 @@ __all__ = [
     "from_arrays",
     "build_dataset",
     "split_train_val",
-    "patch_seed",
 ]
 
 T = TypeVar("T")
@@ -110,9 +108,6 @@ class SRImageSet(Dataset):
         ]
         return SRImageSet(images, sets[0].scale, name or "+".join(s.name for s in sets))
 
-    def nbytes(self) -> int:
-        """Memory held by the cached pixels."""
-        return sum(im.hr.numel() + im.lr.numel() for im in self.images)
 
 
 # --------------------------------------------------------------------------- loading
@@ -285,15 +280,6 @@ def split_train_val(items: Sequence[T], n_val: int = 0, seed: int = 0) -> Split:
 # --------------------------------------------------------------------------- patches
 
 
-def patch_seed(seed: int, epoch: int, index: int) -> int:
-    """64-bit seed of one patch: a hash of ``(seed, epoch, index)`` (numpy's SeedSequence).
-
-    Each item's randomness depends on these three numbers only, never on which DataLoader worker
-    draws it or in which order, so results are identical for any ``num_workers``.
-    """
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0])
-
-
 def _dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     """One of the 8 flips/90-degree rotations of ``(C, H, W)``: bit 0 h-flip, bit 1 v-flip, bit 2 transpose."""
     if k & 1:
@@ -305,40 +291,22 @@ def _dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     return x
 
 
-class PatchDataset(Dataset):
-    """Random aligned LR/HR patches with flips and rotations, ``patches_per_epoch`` per epoch.
+class PatchDataset:
+    """Random aligned LR/HR patches with flips and rotations, a batch at a time (:meth:`sample_batch`).
 
-    Item ``i`` of epoch ``e`` comes from image ``i % len(images)`` (every image equally often), at
-    a position and orientation drawn from a generator seeded by :func:`patch_seed` ``(seed, e, i)``.
     The LR patch is ``p x p`` at ``(y, x)`` of the LR image, the HR patch ``p*s x p*s`` at
-    ``(y*s, x*s)`` of the HR image: exactly the pixels the LR patch was made from.  Items are float32
-    ``(3, p, p)`` / ``(3, p*s, p*s)`` in [0, 1].
+    ``(y*s, x*s)`` of the HR image: exactly the pixels the LR patch was made from.
 
-    Call :meth:`set_epoch` before each epoch.  With DataLoader workers, leave ``persistent_workers``
-    off so workers see the new epoch (they copy the dataset when an iterator starts).
-
-    Speed on this 2-core machine (x4, LR patch 48, batch 16, sample set, 1 torch thread, 100
-    batches, the other core busy): :meth:`sample_batch` 6-7.5 ms/batch; DataLoader
-    ``num_workers=0`` 11-12 ms/batch (per-item seeding and collation); ``num_workers=1`` 19-24 and
-    ``num_workers=2`` 13-22 ms/batch, including 75-170 ms of worker start-up each epoch, and the
-    workers take cores from training.  Prefer :meth:`sample_batch` here: workers pay off only
-    with many cores and slow decoding, which the in-memory cache removes anyway.
+    No ``torch.utils.data.Dataset`` half: the search and retraining loops draw whole batches from a
+    per-step generator. Measured on a 2-core machine (x4, LR patch 48, batch 16, 1 torch thread):
+    :meth:`sample_batch` 6-7.5 ms/batch; a DataLoader 11-12 ms/batch with ``num_workers=0`` and
+    13-24 ms with workers (plus their start-up, and they take cores from training). Workers pay off
+    only with many cores and slow decoding, which the in-memory cache removes anyway.
     """
 
-    def __init__(
-        self,
-        images: SRImageSet,
-        patch_size: int,
-        patches_per_epoch: int,
-        *,
-        seed: int = 0,
-        augment: bool = True,
-        skip_small: bool = False,
-    ) -> None:
+    def __init__(self, images: SRImageSet, patch_size: int, *, augment: bool = True, skip_small: bool = False) -> None:
         if patch_size < 1:
             raise DataError(f"patch size must be >= 1, got {patch_size}")
-        if patches_per_epoch < 1:
-            raise DataError(f"patches_per_epoch must be >= 1, got {patches_per_epoch}")
         s = images.scale
         hr_p = patch_size * s
         kept = []
@@ -357,17 +325,7 @@ class PatchDataset(Dataset):
         self.images = SRImageSet(kept, s, images.name)
         self.scale = s
         self.patch_size = int(patch_size)
-        self.patches_per_epoch = int(patches_per_epoch)
-        self.seed = int(seed)
         self.augment = augment
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch, so each epoch draws new patches yet is reproducible."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.patches_per_epoch
 
     def _crop(self, img_index: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw one aligned uint8 patch pair from image ``img_index`` with generator ``g``."""
@@ -382,13 +340,6 @@ class PatchDataset(Dataset):
             k = int(torch.randint(0, 8, (1,), generator=g))
             lr, hr = _dihedral(lr, k), _dihedral(hr, k)
         return lr, hr
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not 0 <= index < self.patches_per_epoch:
-            raise IndexError(index)
-        g = torch.Generator().manual_seed(patch_seed(self.seed, self.epoch, index))
-        lr, hr = self._crop(index % len(self.images), g)
-        return lr.float().div_(255.0), hr.float().div_(255.0)
 
     def sample_batch(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch ``(B, 3, p, p)``, ``(B, 3, p*s, p*s)`` drawn directly, no DataLoader.

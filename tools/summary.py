@@ -20,18 +20,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hdnas.core.errors import HdnasError  # noqa: E402
 
-HR_SIZE = (720, 1280)  # (height, width) of the reference HR output, as lightweight-SR papers count
-
-
 def costs(geno: Any, fvcore: bool) -> dict[str, Any]:
     """Parameters and Multi-Adds from ``hdnas.core.cost``; imported lazily (torch is slow to import)."""
     from hdnas.core import cost
 
-    report = cost.count(geno, hr_size=HR_SIZE)
+    report = cost.count(geno, hr_size=cost.HR_SIZE)
     out: dict[str, Any] = {
         "params": report.params,
         "macs": report.macs,
-        "hr_size": list(HR_SIZE),
+        "hr_size": list(cost.HR_SIZE),
         "lr_size": list(report.lr_size),
         "macs_not_in_fvcore": report.extras,
         "parts": {k: {"macs": v.macs, "params": v.params} for k, v in getattr(report, "parts", {}).items()},

@@ -127,7 +127,9 @@ class RetrainConfig:
     def run_name(self, scale: int) -> str:
         if self.name:
             return self.name
-        stem = Path(self.genotype).stem if self.genotype else "genotype"
+        path = Path(self.genotype or "genotype")
+        # a search writes runs/<search>/genotype.json: name the retrain after the search, so two differ
+        stem = path.parent.name if path.stem == "genotype" and path.parent.name else path.stem
         return f"retrain_x{scale}_{stem}_s{self.seed}"
 
 

@@ -9,7 +9,6 @@ counts toward the time budget, logging failures reported once, and the first run
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import itertools
 import shutil
@@ -40,16 +39,9 @@ from hdnas.core.run import (
 from hdnas.search.engine import SearchError, Searcher, load_search_config
 from hdnas.train.trainer import TrainError, Trainer
 from test_search import make_images, tiny_overrides
-from test_train import make_trainer, smooth_images, tiny_cfg, tiny_genotype
+from test_train import _tool, make_trainer, smooth_images, tiny_cfg, tiny_genotype
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"hdnas_tool_{name}_run", REPO_ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture

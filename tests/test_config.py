@@ -88,3 +88,22 @@ def test_counts():
     with pytest.raises(ConfigError, match="budget"):
         parse_count("lots", "budget")
     assert parse_overrides(["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
+
+
+def test_one_loader_layers_files_and_resolves_section_paths(tmp_path):
+    """defaults <- layers (files or mappings) <- overrides; a section given as a path is read relative
+    to the file that names it; the search, retrain and space loaders are this one function."""
+    sub = tmp_path / "conf"
+    sub.mkdir()
+    (sub / "inner.yaml").write_text("lr: 0.5\nnames: [p]\n")
+    (sub / "run.yaml").write_text("name: from-file\ninner: inner.yaml\n")
+    cfg = load_config(Outer, [{"flag": True}, sub / "run.yaml"], ["inner.steps=7"])
+    assert cfg.flag and cfg.name == "from-file"
+    assert cfg.inner.lr == 0.5 and cfg.inner.names == ["p"] and cfg.inner.steps == 7
+    # a later layer wins; a section path in a mapping or an override is read from the working folder
+    cfg = load_config(Outer, [sub / "run.yaml", {"name": "later"}], [f"inner={sub / 'inner.yaml'}"])
+    assert cfg.name == "later" and cfg.inner.lr == 0.5
+    with pytest.raises(ConfigError, match=r"run.yaml: unknown config key 'inner.lrr'"):
+        load_config(Outer, sub / "run.yaml", ["inner.lrr=1"])
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+        load_config(Outer, None, ["inner=nope.yaml"])

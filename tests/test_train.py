@@ -24,7 +24,8 @@ from hdnas.zoo.sampler import random_genotype
 from hdnas.core.genotype import Genotype
 from hdnas.core.network import DerivedNet
 from hdnas.core.space import SearchSpace
-from hdnas.train.trainer import TrainError, Trainer, build_data, load_retrain_config, lr_factor, run_retrain
+from hdnas.core.run import build_data
+from hdnas.train.trainer import TrainError, Trainer, load_retrain_config, lr_factor, run_retrain
 from hdnas.core.weights import genotype_mismatch, load_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -217,9 +218,9 @@ def test_validation_images_are_held_out_from_a_plain_folder(tmp_path):
     for name, arr in smooth_images(5):
         Image.fromarray(arr).save(folder / f"{name}.png")
     cfg = tiny_cfg(**{"data.paths": f"[{folder}]", "data.val_fraction": 0.4})
-    train, val = build_data(cfg.data, 2, seed=0)
+    (train,), val = build_data(cfg.data, 2, seed=0)
     assert len(train) == 3 and len(val) == 2 and not set(train.names) & set(val.names)
-    train2, val2 = build_data(cfg.data, 2, seed=0)
+    (train2,), val2 = build_data(cfg.data, 2, seed=0)
     assert val2.names == val.names  # deterministic
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hdnas.core.errors import HdnasError  # noqa: E402
+from hdnas.core.run import interrupted_message, show_warnings_plainly  # noqa: E402
 
 
 def _list(values: list[str]) -> str:
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. train.steps=500 loss.dual.weight=0.2")
     args = p.parse_intermixed_args(argv)
+    show_warnings_plainly()
 
     from hdnas.train.trainer import load_retrain_config, run_retrain
 
@@ -66,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     except HdnasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: continue with --resume", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(interrupted_message(exc), file=sys.stderr)
         return 130
     if result is None:
         return 0

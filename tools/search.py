@@ -3,6 +3,7 @@
 
 Examples:
   python tools/search.py --scale 4                                  # built-in data, default space (CPU, minutes)
+                                                                    #   -> runs/<name>/genotype.json (printed)
   python tools/search.py --scale 4 --budget 10G --out derived/x4_10G.json
   python tools/search.py --scale 2 --config search_spaces/dlsr_div2k.yaml --data /data/DIV2K   # paper scale (GPU)
   torchrun --nproc_per_node=2 tools/search.py --scale 4             # data-parallel (gloo on CPU, NCCL on GPU)
@@ -21,6 +22,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hdnas.core.config import format_count  # noqa: E402
 from hdnas.core.errors import HdnasError  # noqa: E402
+from hdnas.core.run import interrupted_message, show_warnings_plainly  # noqa: E402
+
+
+def glue_values(argv: list[str], options: tuple[str, ...] = ("--budget",)) -> list[str]:
+    """``--budget -5G`` -> ``--budget=-5G``: argparse takes ``-5G`` for an option, so a negative budget
+    would be "expected one argument" instead of reaching the library's check of the value."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in options and i + 1 < len(argv):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,13 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", nargs="+", metavar="DIR", help="HR image folders or DIV2K roots (default: built-in sample set)")
     p.add_argument("--val-data", nargs="+", metavar="DIR", help="validation folders (default: held-out training images)")
     p.add_argument("--budget", help="Multi-Adds budget at 1280x720 output, e.g. 18G")
-    p.add_argument("--out", help="genotype JSON to write (default: derived/x{scale}.json)")
+    p.add_argument("--out", help="genotype JSON to write (default: runs/<name>/genotype.json, drawings beside it)")
     p.add_argument("--force", action="store_true", help="overwrite --out and start over an existing run")
     p.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoint.pt")
     p.add_argument("--seed", type=int)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to TensorBoard)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. search.epochs=20 space.channels=48")
-    args = p.parse_intermixed_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = p.parse_intermixed_args(glue_values(argv))
+    show_warnings_plainly()
 
     from hdnas.search.engine import load_search_config, run_search
 
@@ -54,14 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         extra.append(f"seed={args.seed}")
     try:
         cfg = load_search_config(args.config, args.space, extra)
-        out = args.out or f"derived/x{cfg.space.scale}.json"
-        outcome = run_search(cfg, out, force=args.force, resume=args.resume, progress=not args.no_progress,
-                             command=["python", "tools/search.py", *(argv if argv is not None else sys.argv[1:])])
+        outcome = run_search(cfg, args.out, force=args.force, resume=args.resume, progress=not args.no_progress,
+                             command=["python", "tools/search.py", *argv])
     except HdnasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: continue with --resume", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(interrupted_message(exc), file=sys.stderr)
         return 130
     if outcome is None:
         return 0
@@ -85,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if outcome.drawing_note:
         print(outcome.drawing_note)
     print(f"run folder {outcome.result.run_dir}  (tensorboard --logdir {outcome.result.run_dir / 'tb'})")
+    print(f"next      python tools/retrain.py --genotype {outcome.genotype_path}")
     return 0
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Mapping, Optional, Sequence, TypeVar, Union
 
 import yaml
 
@@ -211,15 +211,71 @@ def merge(base: Mapping, update: Mapping) -> dict:
     return out
 
 
-def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: Sequence[str] | Mapping = ()) -> T:
-    """One experiment = defaults <- YAML file <- command-line overrides."""
-    data = read_yaml(path) if path else {}
+Layer = Union[str, os.PathLike, Mapping[str, Any], None]
+
+
+def _dataclass_type(tp: Any) -> type | None:
+    """The dataclass in an annotation (``Foo`` or ``Optional[Foo]``), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for arg in typing.get_args(tp):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def _resolve_files(cls: type, data: Mapping[str, Any], base: Path | None) -> dict:
+    """Replace a dataclass field given as a YAML path by that file's mapping, recursively.
+
+    A relative path is read relative to the file that names it (``base``), falling back to the
+    working folder, so ``space: dlsr.yaml`` in ``search_spaces/dlsr_div2k.yaml`` finds its neighbour.
+    """
+    hints = typing.get_type_hints(cls)
+    out = dict(data)
+    for f in dataclasses.fields(cls):
+        sub = _dataclass_type(hints.get(f.name))
+        value = out.get(f.name)
+        if sub is None or value is None:
+            continue
+        if isinstance(value, (str, os.PathLike)):
+            ref = Path(value)
+            if not ref.is_absolute() and base is not None and (base / ref).exists():
+                ref = base / ref
+            out[f.name] = _resolve_files(sub, read_yaml(ref), ref.parent)
+        elif isinstance(value, Mapping):
+            out[f.name] = _resolve_files(sub, value, base)
+    return out
+
+
+def load_config(
+    cls: type[T],
+    path: Layer | Sequence[Layer] = None,
+    overrides: Sequence[str] | Mapping = (),
+) -> T:
+    """The one config loader: defaults <- each layer in turn <- ``key=value`` overrides.
+
+    A layer is a YAML file or a mapping (None is skipped). Wherever a dataclass field (``space``)
+    holds a path instead of a mapping, the YAML file it names is read in its place, relative to the
+    file that names it. Errors from the values name the last file given, then the field.
+    """
+    layers = list(path) if isinstance(path, (list, tuple)) else [path]
+    data: dict = {}
+    files = []
+    for layer in layers:
+        if layer is None:
+            continue
+        if isinstance(layer, Mapping):
+            data = merge(data, _resolve_files(cls, layer, None))
+        else:
+            files.append(layer)
+            data = merge(data, _resolve_files(cls, read_yaml(layer), Path(layer).parent))
     extra = parse_overrides(overrides) if not isinstance(overrides, Mapping) else dict(overrides)
+    data = merge(data, _resolve_files(cls, extra, None))
     try:
-        return from_dict(cls, merge(data, extra))
+        return from_dict(cls, data)
     except ConfigError as exc:
-        if path:
-            raise ConfigError(f"{path}: {exc}") from None
+        if files:
+            raise ConfigError(f"{files[-1]}: {exc}") from None
         raise
 
 

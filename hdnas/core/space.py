@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from hdnas.core.config import ConfigError, from_dict, merge, parse_overrides, read_yaml
+from hdnas.core.config import ConfigError, load_config
 from hdnas.core.ops import DEFAULT_OPS, OPS
 
 UPSAMPLERS = ("pixelshuffle", "pixelshuffle_bicubic")
@@ -68,14 +68,7 @@ def load_space(
     overrides: Sequence[str] | Mapping = (),
 ) -> SearchSpace:
     """Space from a YAML file (fields at top level), then ``scale``, then ``key=value`` overrides."""
-    data = read_yaml(path) if path else {}
-    if scale is not None:
-        data["scale"] = scale
-    extra = parse_overrides(overrides) if not isinstance(overrides, Mapping) else dict(overrides)
-    try:
-        return from_dict(SearchSpace, merge(data, extra))
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
+    return load_config(SearchSpace, [path, None if scale is None else {"scale": scale}], overrides)
 
 
 @dataclass

@@ -1,15 +1,16 @@
 """The bilevel search loop: weights on one half of the data, architecture on the other.
 
-One :class:`SearchConfig` (a YAML file plus ``key=value`` overrides) describes a run. Every epoch
-ends with an atomic checkpoint holding the supernet (weights and α, β), both optimisers, the
-schedule, RNG states and the history; batches are drawn from generators seeded by
-(seed, step), so a resumed run replays exactly what an uninterrupted one would have done.
+One :class:`SearchConfig` (a YAML file plus ``key=value`` overrides) describes a run. The loop
+stands on the run scaffold (:class:`hdnas.core.run.Run`: checkpoints, resume rules, seeded batches,
+TensorBoard, progress); what is here is the search's own: every epoch ends with a checkpoint of
+the supernet (weights and α, β), both optimisers and the epoch, so a resumed run replays exactly
+what an uninterrupted one would have done.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
+import io
 import math
 import os
 import sys
@@ -18,31 +19,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from hdnas.search.architect import Architect
-from hdnas.core.run import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
-from hdnas.core.config import (
-    ConfigError,
-    DataConfig,
-    first_difference,
-    format_count,
-    from_dict,
-    merge,
-    parse_count,
-    parse_overrides,
-    read_yaml,
-    to_dict,
-)
-from hdnas.core.distributed import DistContext, init_distributed, resolve_device
-from hdnas.core.errors import HdnasError
+from hdnas.core import cost
+from hdnas.core.config import ConfigError, DataConfig, format_count, load_config, parse_count, to_dict
+from hdnas.core.cost import HR_SIZE
+from hdnas.core.data import imresize
+from hdnas.core.distributed import DistContext, init_distributed
+from hdnas.core.machine import machine_info
+from hdnas.core.metrics import psnr_y
+from hdnas.core.run import Run, RunError, build_data, check_file, check_folder, patch_datasets
 from hdnas.core.space import SearchSpace
+from hdnas.search.architect import Architect
+from hdnas.search.derive import derive, derive_within_budget
+from hdnas.search.supernet import SuperNet
 
-HR_SIZE = (720, 1280)  # Multi-Adds are reported for a 1280×720 output, as lightweight-SR papers do
 
-
-class SearchError(HdnasError):
+class SearchError(RunError):
     """The search cannot start or cannot go on (bad budget, non-finite loss, mismatched resume)."""
 
 
@@ -130,28 +126,8 @@ def load_search_config(
     space: str | os.PathLike | None = None,
     overrides: list[str] | dict = (),
 ) -> SearchConfig:
-    """defaults <- ``--space`` file <- ``--config`` file <- overrides.
-
-    A config's ``space`` may be a mapping of space fields or the path of a space YAML (relative to
-    the config file), so one file such as ``dlsr_div2k.yaml`` names a whole paper-scale experiment.
-    """
-    data: dict = {}
-    if space:
-        data["space"] = read_yaml(space)
-    if config:
-        cfg_data = read_yaml(config)
-        if isinstance(cfg_data.get("space"), str):
-            ref = Path(cfg_data["space"])
-            ref = ref if ref.is_absolute() or ref.exists() else Path(config).parent / ref
-            cfg_data["space"] = read_yaml(ref)
-        data = merge(data, cfg_data)
-    extra = parse_overrides(overrides) if not isinstance(overrides, dict) else overrides
-    data = merge(data, extra)
-    try:
-        return from_dict(SearchConfig, data)
-    except ConfigError as exc:
-        where = config or space
-        raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
+    """defaults <- ``--space`` file <- ``--config`` file (its ``space`` may name a space YAML) <- overrides."""
+    return load_config(SearchConfig, [None if space is None else {"space": space}, config], overrides)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -165,34 +141,16 @@ class SearchData:
     """
 
     def __init__(self, cfg: DataConfig, scale: int, seed: int):
-        from hdnas.core.data import PatchDataset, build_dataset, split_train_val
-
         self.scale = scale
-        images = build_dataset(cfg.paths or None, scale, "train")
-        if cfg.val_paths:
-            val = build_dataset(cfg.val_paths, scale, "val")
-            n_val = 0
-        elif not cfg.paths:
-            val = build_dataset(None, scale, "val")
-            n_val = 0
-        else:
-            val = None
-            n_val = max(1, round(cfg.val_fraction * len(images)))
-        parts = split_train_val(list(range(len(images))), n_val=n_val, seed=seed)
-        if val is None:
-            val = images.subset(parts.val, name=f"{images.name} (held out)")
-        self.val = val.subset(range(min(len(val), cfg.val_max_images or len(val))))
-        self.halves = {
-            "w": PatchDataset(images.subset(parts.weights), cfg.patch, augment=cfg.augment, skip_small=True),
-            "a": PatchDataset(images.subset(parts.arch), cfg.patch, augment=cfg.augment, skip_small=True),
-        }
+        (w, a), val = build_data(cfg, scale, seed, parts=2)
+        self.val = val
+        self.halves = dict(zip("wa", patch_datasets([w, a], cfg)))
         self.description = (
-            f"{images.name}: {len(parts.weights)} images for weights, {len(parts.arch)} for the architecture, "
-            f"{len(self.val)} for validation"
+            f"{w.name}: {len(w)} images for weights, {len(a)} for the architecture, {len(val)} for validation"
         )
         self._bicubic: float | None = None
 
-    def sample(self, half: str, batch: int, patch: int, generator: torch.Generator):
+    def sample(self, half: str, batch: int, generator: torch.Generator):
         return self.halves[half].sample_batch(batch, generator)
 
     def val_pairs(self):
@@ -202,9 +160,6 @@ class SearchData:
     def bicubic_psnr(self) -> float:
         """The bar a search must clear: bicubic upscaling on the same validation images."""
         if self._bicubic is None:
-            from hdnas.core.data import imresize
-            from hdnas.core.metrics import psnr_y
-
             vals = [float(psnr_y(imresize(lr, scale=self.scale).clamp(0, 1), hr, self.scale)) for lr, hr in self.val_pairs()]
             self._bicubic = sum(vals) / max(len(vals), 1)
         return self._bicubic
@@ -212,13 +167,6 @@ class SearchData:
 
 def _cosine(step: int, total: int, lr: float, lr_min: float) -> float:
     return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
-
-
-def _step_generator(seed: int, step: int, stream: int) -> torch.Generator:
-    """A fresh generator per (seed, step, stream): batches do not depend on what ran before."""
-    g = torch.Generator()
-    g.manual_seed((seed * 1_000_003 + step * 7 + stream) % (2**63 - 1))
-    return g
 
 
 @dataclass
@@ -232,22 +180,17 @@ class SearchResult:
     swaps: list[str] = field(default_factory=list)
 
 
-class Searcher:
+class Searcher(Run):
     """Builds the supernet, data and optimisers from a config and runs the bilevel loop."""
 
-    def __init__(self, cfg: SearchConfig, dist_ctx: DistContext | None = None, progress: bool = True, log: bool = True):
-        from hdnas.core import cost
-        from hdnas.search.supernet import SuperNet
+    kind = "search"
+    checkpoint_format = "hdnas-search-checkpoint/1"
+    Error = SearchError
+    elsewhere = "name=<new name>"
 
-        self.cfg = cfg
-        self.dist = dist_ctx or DistContext()
-        self.progress = progress and self.dist.is_main
-        self.log = log and self.dist.is_main
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
-        self.device = self.dist.device if self.dist.enabled else resolve_device(cfg.device)
-        self.run_dir = Path(cfg.runs_dir) / cfg.run_name()
-        self.ckpt_path = self.run_dir / "checkpoint.pt"
+    def __init__(self, cfg: SearchConfig, dist_ctx: DistContext | None = None, progress: bool = True, log: bool = True):
+        super().__init__(cfg, Path(cfg.runs_dir) / cfg.run_name(), "checkpoint.pt", dist_ctx=dist_ctx,
+                         progress=progress, log=log)
         opts = cfg.search
         # budget check before any data loading or training
         self.budget = opts.budget_macs
@@ -258,11 +201,8 @@ class Searcher:
                 f"search.budget {format_count(self.budget)} is outside what this space can reach at ×{cfg.space.scale} "
                 f"({format_count(lo)} .. {format_count(hi)} Multi-Adds at 1280×720 output)"
             )
-        seed_everything(cfg.seed)
         self.model = SuperNet(cfg.space, fused=opts.fused).to(self.device)
         self.data = SearchData(cfg.data, cfg.space.scale, cfg.seed)
-        if cfg.data.batch % self.dist.world_size:
-            raise SearchError(f"data.batch {cfg.data.batch} does not split evenly over {self.dist.world_size} processes")
         w_params = list(self.model.weight_parameters())
         if opts.w_optimizer == "adam":
             self.w_opt = torch.optim.Adam(w_params, lr=opts.w_lr, weight_decay=opts.w_weight_decay)
@@ -285,56 +225,29 @@ class Searcher:
         self.total_steps = opts.epochs * opts.steps_per_epoch
         self.penalty_tau = opts.penalty_tau_start
         self.epoch = 0
-        self.history: list[dict] = []
-        self.writer = None
 
-    # -- state ----------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    # -- state (the scaffold adds format, config, RNG and history) --------------------------------
+    @property
+    def position(self) -> int:
+        return self.epoch * self.cfg.search.steps_per_epoch
+
+    def loop_state(self) -> dict:
         return {
-            "format": "hdnas-search-checkpoint/1",
-            "config": json.dumps(to_dict(self.cfg), sort_keys=True),
             "epoch": self.epoch,
             "model": self.model.state_dict(),
             "w_optimizer": self.w_opt.state_dict(),
             "architect": self.architect.state_dict(),
-            "rng": rng_state(),
-            "history": json.dumps(self.history),
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("format") != "hdnas-search-checkpoint/1":
-            raise SearchError(f"{self.ckpt_path}: not an hdnas search checkpoint")
-        saved = json.loads(state["config"])
-        now = to_dict(self.cfg)
-        diff = first_difference(saved, now)
-        if diff is not None:
-            raise SearchError(
-                f"{self.ckpt_path}: --resume with a different config: '{diff[0]}' was {diff[1]!r} in the checkpoint, "
-                f"now {diff[2]!r}"
-            )
+    def load_loop_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.w_opt.load_state_dict(state["w_optimizer"])
         self.architect.load_state_dict(state["architect"])
-        set_rng_state(state["rng"])
         self.epoch = int(state["epoch"])
-        self.history = json.loads(state["history"])
-
-    def resume(self) -> bool:
-        """Continue from ``runs/<name>/checkpoint.pt`` if it exists; returns whether it did."""
-        if not self.ckpt_path.exists():
-            return False
-        self.load_state_dict(load_checkpoint(self.ckpt_path, map_location=self.device))
-        return True
-
-    def save(self) -> None:
-        if self.dist.is_main:
-            save_checkpoint(self.state_dict(), self.ckpt_path)
-        self.dist.barrier()
 
     # -- loop -----------------------------------------------------------------------------------
     def _batch(self, step: int, half: str) -> tuple[torch.Tensor, torch.Tensor]:
-        g = _step_generator(self.cfg.seed, step, 0 if half == "w" else 1)
-        lr, hr = self.data.sample(half, self.cfg.data.batch, self.cfg.data.patch, g)
+        lr, hr = self.data.sample(half, self.cfg.data.batch, self.generator(step, 0 if half == "w" else 1))
         sl = self.dist.shard(self.cfg.data.batch)
         return lr[sl].to(self.device), hr[sl].to(self.device)
 
@@ -366,19 +279,9 @@ class Searcher:
 
     def run(self, stop_after_epoch: int | None = None, on_epoch: Callable[[int], None] | None = None) -> SearchResult | None:
         """Run (or continue) the search; ``stop_after_epoch`` ends early, as a kill would (tests)."""
-        from hdnas.core import cost
-        from hdnas.search.derive import derive
-
         opts = self.cfg.search
-        self._open_writer()
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.total_steps, initial=self.epoch * opts.steps_per_epoch, desc=self.cfg.run_name(),
-                       dynamic_ncols=True, leave=True)
         val_psnr = self.history[-1]["val_psnr"] if self.history else float("nan")
-        try:
+        with self.session(self.total_steps, self.position) as bar:
             while self.epoch < opts.epochs:
                 epoch = self.epoch
                 t0 = time.time()
@@ -406,14 +309,12 @@ class Searcher:
                             f"{self.ckpt_path} is kept"
                         )
                     sums["w_loss"] += w_loss
-                    if bar is not None:
-                        bar.update(1)
-                        post = {"L1": f"{w_loss:.4f}"}
-                        if math.isfinite(val_psnr):
-                            post["PSNR"] = f"{val_psnr:.2f}"
-                        if math.isfinite(expected):
-                            post["E[MAdds]"] = format_count(expected)
-                        bar.set_postfix(post, refresh=False)
+                    post = {"L1": f"{w_loss:.4f}"}
+                    if math.isfinite(val_psnr):
+                        post["PSNR"] = f"{val_psnr:.2f}"
+                    if math.isfinite(expected):
+                        post["E[MAdds]"] = format_count(expected)
+                    bar.advance(step + 1, **post)
                     if self.writer is not None and step % 10 == 0:
                         self.writer.add_scalar("loss/weights_l1", w_loss, step)
                         if search_arch:
@@ -449,17 +350,9 @@ class Searcher:
                     on_epoch(epoch)
                 if stop_after_epoch is not None and epoch >= stop_after_epoch:
                     return None
-        finally:
-            if bar is not None:
-                bar.close()
-            if self.writer is not None:
-                self.writer.flush()
         return self._result()
 
     def _result(self) -> SearchResult:
-        from hdnas.core import cost
-        from hdnas.search.derive import derive, derive_within_budget
-
         opts = self.cfg.search
         val = self.history[-1]["val_psnr"] if self.history else float("nan")
         if self.budget is not None and opts.budget_derivation:
@@ -474,8 +367,6 @@ class Searcher:
     @torch.no_grad()
     def validate(self) -> float:
         """Mean PSNR-Y of the supernet on the validation images (whole images, border = scale)."""
-        from hdnas.core.metrics import psnr_y
-
         self.model.eval()
         scale = self.cfg.space.scale
         values = []
@@ -484,16 +375,6 @@ class Searcher:
             values.append(float(psnr_y(sr, hr, scale)))
         self.model.train()
         return sum(values) / max(len(values), 1)
-
-    def _open_writer(self) -> None:
-        if not self.log or self.writer is not None:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except Exception:  # noqa: BLE001 - tensorboard missing: keep searching, just without logs
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=self.epoch * self.cfg.search.steps_per_epoch)
 
     def _log_epoch(self, record: dict, geno) -> None:
         if self.writer is None:
@@ -510,14 +391,12 @@ class Searcher:
         probs = self.model.arch_probs()
         w.add_histogram("arch/alpha", probs.alpha.detach().cpu(), step)
         w.add_histogram("arch/fusion", probs.fusion.detach().cpu(), step)
-        try:
-            from hdnas.core.plots import alpha_figure
+        with self.logging("the α heat map (arch/alpha_heatmap)"):
+            from hdnas.core.plots import alpha_figure  # matplotlib: heavy, and only for this figure
 
             w.add_figure("arch/alpha_heatmap", alpha_figure(probs, self.cfg.space), step)
-        except Exception:  # noqa: BLE001 - a plotting problem must not stop a search
-            pass
-        try:
-            from hdnas.core import render
+        with self.logging("the architecture drawings (arch/derived_*, arch/supernet)"):
+            from hdnas.core import render  # graphviz: only for drawings
 
             png = render.render_png_bytes(render.render_network(geno))
             if png is not None:
@@ -529,24 +408,15 @@ class Searcher:
             png = render.render_png_bytes(render.render_supernet(probs, self.cfg.space))
             if png is not None:
                 w.add_image("arch/supernet", _png_to_chw(png), step)
-        except Exception:  # noqa: BLE001
-            pass
         w.flush()
 
 
-def _png_to_chw(png: bytes):
-    import io
-
-    import numpy as np
-    from PIL import Image
-
+def _png_to_chw(png: bytes) -> torch.Tensor:
     arr = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
 def _machine() -> dict:
-    from hdnas.core.machine import machine_info
-
     info = machine_info()
     return {k: info[k] for k in ("cpu", "usable_cores", "torch", "torch_threads", "cuda")}
 
@@ -588,9 +458,14 @@ class SearchOutcome:
     result: SearchResult
 
 
+def default_out(cfg: SearchConfig) -> Path:
+    """Where a search writes its genotype unless told: its run folder, never the committed ``derived/``."""
+    return Path(cfg.runs_dir) / cfg.run_name() / "genotype.json"
+
+
 def run_search(
     cfg: SearchConfig,
-    out: str | os.PathLike,
+    out: str | os.PathLike | None = None,
     force: bool = False,
     resume: bool = False,
     progress: bool = True,
@@ -599,23 +474,17 @@ def run_search(
 ) -> SearchOutcome | None:
     """The whole job behind ``tools/search.py``: search, derive, record provenance, draw.
 
-    Refuses to start when ``out`` exists (unless ``force``) or when the run folder already holds a
-    checkpoint that ``resume`` was not asked to continue, so no finished work is overwritten by accident.
+    ``out`` (default :func:`default_out`, ``runs/<name>/genotype.json``; drawings beside it in
+    ``runs/<name>/genotype/``). Every output path is checked before any work starts; an existing
+    ``out`` needs ``force``, and the run folder's checkpoint follows the scaffold's rules
+    (:meth:`hdnas.core.run.Run.start`: ``--resume`` without one is an error naming it).
     """
-    from hdnas.core import cost
-
-    out = Path(out)
-    if out.exists() and not force:
-        raise SearchError(f"{out}: exists; pass --force to overwrite it or --out to write elsewhere")
+    out = check_file(out if out is not None else default_out(cfg), "the genotype (--out)", force,
+                     "pass --force to overwrite it or --out to write elsewhere", SearchError)
+    drawings_dir = check_folder(out.with_suffix(""), "the drawings", SearchError)
     dist_ctx = dist_ctx or init_distributed(cfg.device)
     searcher = Searcher(cfg, dist_ctx=dist_ctx, progress=progress)
-    if resume:
-        searcher.resume()
-    elif searcher.ckpt_path.exists() and not force:
-        raise SearchError(
-            f"{searcher.ckpt_path}: a run with this name has a checkpoint; pass --resume to continue it, "
-            f"--force to start over, or name=<new name>"
-        )
+    searcher.start(resume=resume, force=force)
     result = searcher.run()
     if not dist_ctx.is_main:
         return None
@@ -626,10 +495,10 @@ def run_search(
     drawings: list[Path] = []
     note = None
     try:
-        from hdnas.core import render
+        from hdnas.core import render  # graphviz: only for drawings
 
-        written = render.write_drawings(geno, out.with_suffix(""))
+        written = render.write_drawings(geno, drawings_dir)
         drawings, note = written.paths, written.message
-    except Exception as exc:  # noqa: BLE001 - the genotype is saved; drawing is a bonus
+    except Exception as exc:  # noqa: BLE001 - the genotype is saved; drawing is a bonus, and the note says why not
         note = f"drawings not written: {exc}"
     return SearchOutcome(geno, out, drawings, note, result)

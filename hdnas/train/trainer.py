@@ -4,10 +4,11 @@ One :class:`RetrainConfig` (YAML + ``key=value`` overrides) describes a run; :cl
 it. Loss terms (:mod:`hdnas.train.losses`): L1, dual regression (a learned downsampler D maps SR back to
 LR, with its own optimiser), adaptive importance weights, distillation from a frozen teacher.
 
-Exact resume: batches come from generators seeded by (seed, step), the schedules are pure functions
-of the step, and checkpoints hold everything else that evolves (model, D, both optimisers and
-schedulers, EMA, the importance round and its frozen student, RNG states, the step), so a run
-killed and resumed ends with the same weights, bit for bit on CPU, as one that never stopped.
+The loop stands on the run scaffold (:class:`hdnas.core.run.Run`: checkpoints, resume rules, seeded
+batches, held-out split, TensorBoard, progress). Exact resume: the schedules are pure functions of
+the step, and checkpoints hold everything else that evolves (model, D, both optimisers and
+schedulers, EMA, the importance round and its frozen student, the step), so a run killed and
+resumed ends with the same weights, bit for bit on CPU, as one that never stopped.
 
 Scale-out: under ``torchrun`` each process takes an equal shard of the global batch and gradients
 are averaged explicitly (``DistContext.all_reduce_mean``) rather than through
@@ -19,7 +20,6 @@ so N processes make the same update as one (up to float summation order).
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import time
@@ -31,32 +31,25 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from hdnas.core.run import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
-from hdnas.core.config import ConfigError, DataConfig, first_difference, from_dict, merge, parse_overrides, read_yaml, to_dict
-from hdnas.core.data import PatchDataset, SRImageSet, build_dataset, find_pairs
-from hdnas.core.distributed import DistContext, init_distributed, resolve_device
-from hdnas.train.dual import DualModel
-from hdnas.core.errors import HdnasError
+from hdnas.core.config import ConfigError, DataConfig, load_config, to_dict
+from hdnas.core.data import SRImageSet
+from hdnas.core.distributed import DistContext, init_distributed
+from hdnas.core.evaluation import bicubic_model, evaluate_model
 from hdnas.core.genotype import Genotype, load_genotype
+from hdnas.core.inference import upscale
+from hdnas.core.run import Run, RunError, build_data, patch_datasets
+from hdnas.train.dual import DualModel
 from hdnas.train.losses import CompositeLoss, ImportanceLearner, LossConfig, LossInputs
 from hdnas.core.weights import CHECKPOINT_FORMAT, genotype_mismatch, load_model
 from hdnas.core.adaptive import AdaptiveConfig, AdaptiveNet
 from hdnas.train.adaptive import depth_loss, sample_depths
 from hdnas.core.network import DerivedNet
 
-#: Config fields a resumed run may change: they do not alter what is computed.
-
-RESUME_FREE = ("train.minutes", "device", "threads", "runs_dir", "name", "genotype")  # the architecture is checked apart
-
-
-class TrainError(HdnasError):
+class TrainError(RunError):
     """Retraining cannot start or go on (non-finite loss, mismatched checkpoint, bad data)."""
 
 
 # ------------------------------------------------------------------------------------------ config
-
-
-RetrainData = DataConfig  # one data section for search and retraining
 
 
 @dataclass
@@ -124,7 +117,7 @@ class RetrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     runs_dir: str = "runs"
-    data: RetrainData = field(default_factory=RetrainData)
+    data: DataConfig = field(default_factory=DataConfig)
     train: TrainOptions = field(default_factory=TrainOptions)
     loss: LossConfig = field(default_factory=LossConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
@@ -134,28 +127,18 @@ class RetrainConfig:
     def run_name(self, scale: int) -> str:
         if self.name:
             return self.name
-        stem = Path(self.genotype).stem if self.genotype else "genotype"
+        path = Path(self.genotype or "genotype")
+        # a search writes runs/<search>/genotype.json: name the retrain after the search, so two differ
+        stem = path.parent.name if path.stem == "genotype" and path.parent.name else path.stem
         return f"retrain_x{scale}_{stem}_s{self.seed}"
 
 
 def load_retrain_config(config: str | os.PathLike | None = None, overrides: list[str] | dict = ()) -> RetrainConfig:
     """defaults <- ``--config`` YAML <- ``key=value`` overrides."""
-    data = read_yaml(config) if config else {}
-    extra = parse_overrides(overrides) if not isinstance(overrides, dict) else overrides
-    try:
-        return from_dict(RetrainConfig, merge(data, extra))
-    except ConfigError as exc:
-        raise ConfigError(f"{config}: {exc}" if config else str(exc)) from None
+    return load_config(RetrainConfig, config, overrides)
 
 
 # ---------------------------------------------------------------------------------------- helpers
-
-
-def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
-    """A fresh generator per (seed, step, stream): a batch does not depend on what ran before it."""
-    g = torch.Generator()
-    g.manual_seed((seed * 1_000_003 + step * 7 + stream) % (2**63 - 1))
-    return g
 
 
 def lr_factor(step: int, opts: TrainOptions, time_fraction: float = 0.0) -> float:
@@ -173,37 +156,6 @@ def lr_factor(step: int, opts: TrainOptions, time_fraction: float = 0.0) -> floa
     if opts.schedule == "multistep":
         return warm * opts.gamma ** sum(1 for m in opts.milestones if step >= m or (tf > 0 and tf >= m / opts.steps))
     return warm
-
-
-
-
-
-
-def build_data(cfg: RetrainData, scale: int, seed: int = 0) -> tuple[SRImageSet, SRImageSet]:
-    """(training images, validation images) by the rules of :class:`RetrainData`.
-
-    No ``val_paths``: the sample set's val split; for folders, their val split when the layout has
-    one (DIV2K), else ``val_fraction`` of the images held out by a seeded permutation.
-    """
-    train = build_dataset(cfg.paths or None, scale, "train")
-    if cfg.val_paths:
-        val = build_dataset(cfg.val_paths, scale, "val")
-    elif not cfg.paths:
-        val = build_dataset(None, scale, "val")
-    elif all(find_pairs(p, scale, "train")[1] != find_pairs(p, scale, "val")[1] for p in cfg.paths):
-        val = build_dataset(cfg.paths, scale, "val")
-    else:
-        n = len(train)
-        n_val = max(1, round(cfg.val_fraction * n))
-        if n - n_val < 1:
-            raise TrainError(f"data: {n} training image(s) leave none after holding out {n_val} for validation; "
-                             "pass data.val_paths")
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-        val = train.subset(sorted(perm[:n_val]), name=f"{train.name}-heldout")
-        train = train.subset(sorted(perm[n_val:]))
-    if cfg.val_max_images > 0:
-        val = val.subset(range(min(cfg.val_max_images, len(val))))
-    return train, val
 
 
 class EMA:
@@ -248,8 +200,13 @@ class TrainResult:
 # ---------------------------------------------------------------------------------------- trainer
 
 
-class Trainer:
+class Trainer(Run):
     """Builds net, dual model, optimisers, data and loss from a config, and runs the loop."""
+
+    kind = "retrain"
+    checkpoint_format = CHECKPOINT_FORMAT
+    Error = TrainError
+    elsewhere = "--out <another folder>"
 
     def __init__(
         self,
@@ -266,41 +223,27 @@ class Trainer:
         clock: Callable[[], float] = time.monotonic,
     ):
         genotype.validate()
-        self.cfg = cfg
         self.genotype = genotype
         self.scale = genotype.scale
-        self.dist = dist_ctx or DistContext()
-        self.progress = progress and self.dist.is_main
-        self.log = log and self.dist.is_main
+        run_dir = Path(run_dir) if run_dir is not None else Path(cfg.runs_dir) / cfg.run_name(self.scale)
+        super().__init__(cfg, run_dir, "last.pt", dist_ctx=dist_ctx, progress=progress, log=log)
         self.clock = clock
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
-        self.device = self.dist.device if self.dist.enabled else resolve_device(cfg.device)
-        self.run_dir = Path(run_dir) if run_dir is not None else Path(cfg.runs_dir) / cfg.run_name(self.scale)
-        self.last_path = self.run_dir / "last.pt"
+        self.last_path = self.ckpt_path
         self.best_path = self.run_dir / "best.pt"
-        if cfg.data.batch % self.dist.world_size:
-            raise TrainError(f"data.batch {cfg.data.batch} does not split evenly over {self.dist.world_size} processes")
         lc = cfg.loss
         if lc.distill.enabled and teacher is None and not (cfg.teacher.weights or cfg.teacher.model):
             raise TrainError("loss.distill is enabled but no teacher is given (teacher.weights or teacher.model)")
 
         # data first: a bad folder fails before any model is built
         if train_set is None or val_set is None:
-            t, v = build_data(cfg.data, self.scale, cfg.seed)
+            (t,), v = build_data(cfg.data, self.scale, cfg.seed)
             train_set, val_set = train_set or t, val_set or v
         for name, ds in (("training", train_set), ("validation", val_set)):
             if ds.scale != self.scale:
                 raise TrainError(f"{name} images are for ×{ds.scale}, genotype is ×{self.scale}")
-        # as the search does: images smaller than a patch (T91 has 78x78 ones) are left out, with a warning
-        self.patches = PatchDataset(train_set, cfg.data.patch, augment=cfg.data.augment,
-                                    skip_small=True)
-        if len(self.patches.images) < len(train_set):
-            warnings.warn(f"{len(train_set) - len(self.patches.images)} of {len(train_set)} training images are "
-                          f"smaller than the LR patch {cfg.data.patch} (x{self.scale}) and are left out", stacklevel=2)
+        (self.patches,) = patch_datasets([train_set], cfg.data)
         self.val_set = val_set
 
-        seed_everything(cfg.seed)
         fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         self.memory_format = fmt
         net = AdaptiveNet(genotype, cfg.adaptive) if cfg.adaptive.enabled else DerivedNet(genotype)
@@ -333,9 +276,7 @@ class Trainer:
         self.elapsed = 0.0  # seconds of run() so far, over resumes (the --minutes budget)
         self.best_psnr = -math.inf
         self.best_step = -1
-        self.history: list[dict] = []
         self.bicubic_psnr = float("nan")
-        self.writer = None
 
     # -- teacher ---------------------------------------------------------------------------------
     def _build_teacher(self, teacher: nn.Module | None) -> nn.Module | None:
@@ -358,13 +299,15 @@ class Trainer:
             p.requires_grad_(False)
         return teacher
 
-    # -- state -----------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    # -- state (the scaffold adds format, config, RNG and history) ---------------------------------
+    @property
+    def position(self) -> int:
+        return self.step
+
+    def loop_state(self) -> dict:
         return {
-            "format": CHECKPOINT_FORMAT,
             "genotype": self.genotype.to_dict(),
             "scale": self.scale,
-            "config": json.dumps(to_dict(self.cfg), sort_keys=True),
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -375,24 +318,18 @@ class Trainer:
             "ema": None if self.ema is None else self.ema.state_dict(),
             "importance": None if self.importance is None else self.importance.state_dict(),
             "adaptive": None if self.adaptive is None else to_dict(self.adaptive),
-            "rng": rng_state(),
             "elapsed": self.elapsed,
             "best_psnr": self.best_psnr,
             "best_step": self.best_step,
             "bicubic_psnr": self.bicubic_psnr,
-            "history": json.dumps(self.history),
         }
 
-    def load_state_dict(self, state: dict, where: str | os.PathLike = "checkpoint") -> None:
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise TrainError(f"{where}: not an hdnas retrain checkpoint")
+    def check_checkpoint(self, state: dict, where: str | os.PathLike) -> None:
         why = genotype_mismatch(state["genotype"], self.genotype)
         if why is not None:
             raise TrainError(f"{where}: {why}")
-        diff = first_difference(json.loads(state["config"]), to_dict(self.cfg), ignore=RESUME_FREE)
-        if diff is not None:
-            raise TrainError(f"{where}: --resume with a different config: '{diff[0]}' was {diff[1]!r} in the "
-                             f"checkpoint, now {diff[2]!r}")
+
+    def load_loop_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -404,32 +341,19 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         if self.importance is not None:
             self.importance.load_state_dict(state["importance"], self.model)
-        set_rng_state(state["rng"])
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed"])
         self.best_psnr = float(state["best_psnr"])
         self.best_step = int(state["best_step"])
         self.bicubic_psnr = float(state["bicubic_psnr"])
-        self.history = json.loads(state["history"])
-
-    def resume(self) -> bool:
-        """Continue from ``<run_dir>/last.pt`` when it exists; returns whether it did."""
-        if not self.last_path.exists():
-            return False
-        self.load_state_dict(load_checkpoint(self.last_path, map_location=self.device), self.last_path)
-        return True
 
     def save(self, best: bool = False) -> None:
-        if self.dist.is_main:
-            state = self.state_dict()
-            save_checkpoint(state, self.last_path)
-            if best:
-                save_checkpoint(state, self.best_path)
-        self.dist.barrier()
+        """``last.pt``, and ``best.pt`` too when ``best``."""
+        super().save(*([self.best_path] if best else []))
 
     # -- one step --------------------------------------------------------------------------------
     def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        lr, hr = self.patches.sample_batch(self.cfg.data.batch, step_generator(self.cfg.seed, step))
+        lr, hr = self.patches.sample_batch(self.cfg.data.batch, self.generator(step))
         sl = self.dist.shard(self.cfg.data.batch)
         fmt = self.memory_format
         return lr[sl].to(self.device, memory_format=fmt), hr[sl].to(self.device, memory_format=fmt)
@@ -447,7 +371,7 @@ class Trainer:
         self.model.train()
         if self.adaptive is not None:  # one desired depth per image, seeded by the step (exact resume)
             lo, hi = self.model.depth_bounds()
-            d = sample_depths(self.cfg.data.batch, lo, hi, step_generator(self.cfg.seed, step, stream=3))
+            d = sample_depths(self.cfg.data.batch, lo, hi, self.generator(step, stream=3))
             d = d[self.dist.shard(self.cfg.data.batch)].to(self.device)
             sr, depth = self.model.forward_depth(lr, d)
         else:
@@ -493,9 +417,6 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        from hdnas.core.evaluation import evaluate_model
-        from hdnas.core.inference import upscale
-
         net = self.eval_model()
         was = net.training
         net.eval()
@@ -509,8 +430,6 @@ class Trainer:
         return {"psnr": res["psnr"], "ssim": res["ssim"]}
 
     def _bicubic(self) -> float:
-        from hdnas.core.evaluation import bicubic_model, evaluate_model
-
         return evaluate_model(bicubic_model(self.scale), self.val_set, self.scale)["psnr"]
 
     # -- loop ------------------------------------------------------------------------------------
@@ -548,12 +467,6 @@ class Trainer:
         self._clock0, self._elapsed0 = started, self.elapsed
         if self.dist.is_main and math.isnan(self.bicubic_psnr):
             self.bicubic_psnr = self._bicubic()
-        self._open_writer()
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=opts.steps, initial=self.step, desc=self.run_dir.name, dynamic_ncols=True)
         stop = "done"
         last_val = None
         if self.history:
@@ -561,7 +474,7 @@ class Trainer:
         sums: dict[str, float] = {}
         n_sum = 0
         validated_at = self.history[-1]["step"] if self.history else -1
-        try:
+        with self.session(opts.steps, self.step, minutes=opts.minutes, seconds=self.elapsed, clock=self.clock) as bar:
             while self.step < opts.steps:
                 if max_steps is not None and self.step >= max_steps:
                     stop = "max_steps"
@@ -576,12 +489,10 @@ class Trainer:
                 n_sum += 1
                 if self.writer is not None and self.step % opts.log_every == 0:
                     self._log_step(losses)
-                if bar is not None:
-                    post = {"loss": f"{losses['loss']:.4f}"}
-                    if last_val is not None:
-                        post["PSNR"] = f"{last_val['psnr']:.2f}"
-                    bar.set_postfix(post, refresh=False)
-                    bar.update(1)
+                post = {"loss": f"{losses['loss']:.4f}"}
+                if last_val is not None:
+                    post["PSNR"] = f"{last_val['psnr']:.2f}"
+                bar.advance(self.step, **post)
                 if self.step % opts.val_every == 0 or self.step == opts.steps:
                     mean = {k: v / n_sum for k, v in sums.items()}
                     last_val = self._validate_and_save(started, mean)
@@ -598,26 +509,11 @@ class Trainer:
                 self.elapsed += self.clock() - started
                 started = self.clock()
                 self.save()
-        finally:
-            if bar is not None:
-                bar.close()
-            if self.writer is not None:
-                self.writer.flush()
         val = last_val or {"psnr": float("nan"), "ssim": float("nan")}
         return TrainResult(self.run_dir, self.step, stop, val["psnr"], val["ssim"], self.best_psnr, self.best_step,
                            self.bicubic_psnr, self.elapsed, self.history)
 
     # -- logging ---------------------------------------------------------------------------------
-    def _open_writer(self) -> None:
-        if not self.log or self.writer is not None:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except Exception:  # noqa: BLE001 - tensorboard missing: train on, without logs
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=self.step)
-
     def _log_step(self, losses: dict[str, float]) -> None:
         w = self.writer
         for k, v in losses.items():
@@ -637,16 +533,12 @@ class Trainer:
         w.add_scalar("val/psnr_y", record["val_psnr"], self.step)
         w.add_scalar("val/ssim_y", record["val_ssim"], self.step)
         w.add_scalar("val/bicubic_psnr_y", self.bicubic_psnr, self.step)
-        try:
+        with self.logging("the validation crop image (val/bicubic_sr_hr)"):
             w.add_image("val/bicubic_sr_hr", self._crop_strip(), self.step)
-        except Exception:  # noqa: BLE001 - a picture must never stop training
-            pass
         w.flush()
 
     def _crop_strip(self, side: int = 48) -> torch.Tensor:
         """A centre crop of the first validation image: bicubic | SR | HR, side by side (3, H, 3W)."""
-        from hdnas.core.evaluation import bicubic_model
-
         im = self.val_set[0]
         s = self.scale
         h, w = im.lr.shape[-2:]
@@ -678,7 +570,8 @@ def run_retrain(
 ) -> TrainResult | None:
     """The job behind ``tools/retrain.py``; None on processes other than the main one.
 
-    Refuses to start over a run folder holding a checkpoint unless ``resume`` or ``force``.
+    The run folder's checkpoint follows the scaffold's rules (:meth:`hdnas.core.run.Run.start`):
+    ``resume`` without one is an error naming it; an existing one is refused unless ``resume`` or ``force``.
     """
     if genotype is None:
         if not cfg.genotype:
@@ -686,11 +579,6 @@ def run_retrain(
         genotype = load_genotype(cfg.genotype)
     dist_ctx = dist_ctx or init_distributed(cfg.device)
     trainer = Trainer(cfg, genotype, out, dist_ctx=dist_ctx, progress=progress)
-    if resume:
-        if not trainer.resume():
-            raise TrainError(f"{trainer.last_path}: nothing to resume")
-    elif trainer.last_path.exists() and not force:
-        raise TrainError(f"{trainer.last_path}: this run folder has a checkpoint; pass --resume to continue it, "
-                         f"--force to start over, or --out elsewhere")
+    trainer.start(resume=resume, force=force)
     result = trainer.run()
     return result if dist_ctx.is_main else None

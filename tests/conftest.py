@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import sys
@@ -24,6 +25,15 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # tests run from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO_ROOT))
+
+
+def load_tool(name: str):
+    """``tools/<name>.py`` as a module (its ``main(argv)`` runs a tool in-process), under a name that
+    cannot clash with an installed package."""
+    spec = importlib.util.spec_from_file_location(f"hdnas_tool_{name}", REPO_ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def shared_data_root() -> Path:

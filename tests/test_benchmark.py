@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_tool
 import torch
 from PIL import Image
 
@@ -195,11 +196,7 @@ def test_quality_without_genotype_says_what_to_do(tmp_path):
 
 
 def test_cli_models_suite(tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_tool", REPO / "tools" / "benchmark.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("benchmark")
     out = tmp_path / "cli.json"
     rc = tool.main(["--suite", "models", "--models", "fsrcnn", "--scales", "3", "--hr-size", "24", "33", "--repeats",
                     "1", "--warmup", "0", "--no-compile", "--no-onnx", "--no-derived", "--threads", "1", "--json",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_tool
 import torch
 from PIL import Image
 
@@ -24,11 +24,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest: 2 threads
 
 
 def _load_tool():
-    """tools/evaluate.py as a module, under a name that cannot clash with an installed ``evaluate``."""
-    spec = importlib.util.spec_from_file_location("hdnas_tool_evaluate", REPO_ROOT / "tools" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("evaluate")
 
 
 evaluate_tool = _load_tool()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
+from conftest import load_tool
 import torch
 
 from conftest import REPO_ROOT
@@ -17,11 +17,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 ort = pytest.importorskip("onnxruntime")
 
 
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"hdnas_tool_{name}", REPO_ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_tool = load_tool
 
 
 def tiny_net(scale: int = 3, esa: bool = True, seed: int = 0) -> DerivedNet:

@@ -5,7 +5,6 @@ Plus the command lines that read genotypes (tools/summary.py, tools/render.py) o
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_tool
 
 from hdnas.core.errors import ConfigError
 from hdnas.core.genotype import FORMAT_VERSION, CellGenotype, Genotype, load_genotype, scale_from_filename
@@ -331,13 +331,6 @@ def run_tool(tool: str, *args: str) -> subprocess.CompletedProcess:
         [sys.executable, str(ROOT / "tools" / tool), *args], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=120,
     )
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def bad_file(tmp_path: Path) -> Path:

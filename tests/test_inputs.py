@@ -3,19 +3,20 @@ note, never a traceback or a silent change (issue 11's reliability findings)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_tool
 import torch
 from PIL import Image
 
 from hdnas.core.cost import TRACE_FACTOR, forward_memory, HR_SIZE
 from hdnas.core.data.io import read_image
-from hdnas.core.errors import ConfigError, DataNote, WeightsError
+from hdnas.core.errors import ConfigError, DataNote, HdnasError
+from hdnas.core.run import load_checkpoint
 from hdnas.core.genotype import MAX_CHANNELS, CellGenotype, Genotype, load_genotype
 from hdnas.core.summary import fvcore_check, provenance_line, summarise
 from hdnas.core.weights import load_model
@@ -24,11 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"_inputs_tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+tool = load_tool
 
 
 def genotype(channels: int = 8, scale: int = 4) -> Genotype:
@@ -108,8 +105,10 @@ def test_summary_provenance_without_budget_says_so(tmp_path, capsys):
 def test_pt_holding_a_list_is_an_error_everywhere(tmp_path, capsys):
     bad = tmp_path / "list.pt"
     torch.save([torch.zeros(2)], bad)
-    with pytest.raises(WeightsError, match="list.pt: holds a list, not a checkpoint or a state dict"):
+    with pytest.raises(HdnasError, match="list.pt: holds a list, not a checkpoint or a state dict"):
         load_model(bad, genotype(8))
+    with pytest.raises(HdnasError, match="holds a list"):
+        load_checkpoint(bad)
     gpath = genotype(8).save(tmp_path / "x4.json")
     assert tool("evaluate").main(["--checkpoint", str(bad), "--data", str(tmp_path)]) == 2
     assert "holds a list" in capsys.readouterr().err
@@ -136,3 +135,13 @@ def test_image_conversions_are_noted(tmp_path, mode, note):
         assert notes == []
     else:
         assert len(notes) == 1 and str(path) in notes[0] and note in notes[0]
+
+
+def test_builtin_grey_photos_are_read_without_a_note():
+    from hdnas.core.data.sample import sample_named
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        named = sample_named("val")
+    assert {n for n, _ in named} == {"chelsea", "coins"}
+    assert not [w for w in caught if issubclass(w.category, DataNote)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import subprocess
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import graphviz
 import pytest
+from conftest import load_tool
 
 from hdnas.core import render
 from hdnas.core.errors import ConfigError
@@ -256,9 +256,7 @@ def test_write_drawings_refuses_bad_input_before_writing(tmp_path):
 
 
 def test_render_tool_without_dot(tmp_path, capsys, monkeypatch):
-    spec = importlib.util.spec_from_file_location("_tool_render", ROOT / "tools" / "render.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("render")
     monkeypatch.setattr(render, "dot_available", lambda: False)
     path = geno().save(tmp_path / "x4.json")
     assert tool.main([str(path), "--out", str(tmp_path / "d"), "--scale", "4"]) == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import os
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_tool
 import torch
 from PIL import Image
 
@@ -31,11 +31,7 @@ from hdnas.core.weights import genotype_mismatch, load_model
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"hdnas_tool_{name}", REPO_ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_tool = load_tool
 
 
 def tiny_genotype(scale: int = 2, seed: int = 0, esa: bool = True) -> Genotype:

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from hdnas.core.blocks import lrelu
 from hdnas.core.config import ConfigError
+from hdnas.core.cost import count
 from hdnas.core.genotype import Genotype
 from hdnas.core.network import DerivedNet
 from hdnas.core.ops import conv_macs, get_op
@@ -279,8 +280,6 @@ def cost_at_depth(net: AdaptiveNet, depth_map: torch.Tensor) -> DepthCost:
     with each refinement op replaced by what runs — ``n_active · op(t + 2r)²`` on halo'd blocks, or
     the whole map when that is cheaper, or nothing — plus one multiply per computed gated element
     and the adapter's convs."""
-    from hdnas.core.cost import count
-
     if depth_map.dim() != 4 or depth_map.shape[0] != 1:
         raise ValueError("cost_at_depth: one image's depth map, shape (1, G, h, w)")
     g = net.genotype

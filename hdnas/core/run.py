@@ -90,9 +90,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise HdnasError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
         raise HdnasError(f"{path}: not a readable hdnas checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict):
+        raise HdnasError(f"{path}: holds a {type(state).__name__}, not a checkpoint or a state dict")
+    return state
 
 
 def rng_state() -> dict[str, Any]:

@@ -55,8 +55,6 @@ def load_model(
     validation scored). A ``genotype`` given with a checkpoint must match the one recorded in it.
     """
     state = load_checkpoint(path, map_location=map_location)
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path}: holds a {type(state).__name__}, not a checkpoint or a state dict")
     net: nn.Module | None = None
     if state.get("format") == CHECKPOINT_FORMAT:
         saved = state["genotype"]

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from hdnas.core import cost
+from hdnas import __version__
+from hdnas.core import cost, render
 from hdnas.core.config import ConfigError, DataConfig, format_count, load_config, parse_count, to_dict
 from hdnas.core.cost import HR_SIZE
 from hdnas.core.data import imresize
@@ -396,8 +397,6 @@ class Searcher(Run):
 
             w.add_figure("arch/alpha_heatmap", alpha_figure(probs, self.cfg.space), step)
         with self.logging("the architecture drawings (arch/derived_*, arch/supernet)"):
-            from hdnas.core import render  # graphviz: only for drawings
-
             png = render.render_png_bytes(render.render_network(geno))
             if png is not None:
                 w.add_image("arch/derived_network", _png_to_chw(png), step)
@@ -423,11 +422,9 @@ def _machine() -> dict:
 
 def provenance(cfg: SearchConfig, result: SearchResult, report, command: list[str] | None = None) -> dict:
     """What a reader needs to trust and reproduce a genotype."""
-    import hdnas
-
     return {
         "tool": "hdnas search",
-        "hdnas_version": hdnas.__version__,
+        "hdnas_version": __version__,
         "command": " ".join(command if command is not None else sys.argv),
         "config": to_dict(cfg),
         "seed": cfg.seed,
@@ -495,8 +492,6 @@ def run_search(
     drawings: list[Path] = []
     note = None
     try:
-        from hdnas.core import render  # graphviz: only for drawings
-
         written = render.write_drawings(geno, drawings_dir)
         drawings, note = written.paths, written.message
     except Exception as exc:  # noqa: BLE001 - the genotype is saved; drawing is a bonus, and the note says why not

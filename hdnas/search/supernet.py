@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from hdnas.core.blocks import DistillCell, MeanShift, Upsampler, conv1x1, conv3x3, lrelu
 from hdnas.core.ops import BranchLayout, build_op, get_op
 from hdnas.core.space import ArchProbs, SearchSpace
+from hdnas.search.derive import derive
 
 
 class _DilatedDepthwise(torch.autograd.Function):
@@ -239,8 +240,6 @@ class SuperNet(nn.Module):
 
     def genotype(self):
         """The derived architecture under the current α and β (see :func:`hdnas.search.derive.derive`)."""
-        from hdnas.search.derive import derive
-
         return derive(self, self.space)
 
     # -- forward ----------------------------------------------------------------------------------

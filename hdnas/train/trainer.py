@@ -31,19 +31,20 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
+from hdnas.core.adaptive import AdaptiveConfig, AdaptiveNet
 from hdnas.core.config import ConfigError, DataConfig, load_config, to_dict
 from hdnas.core.data import SRImageSet
 from hdnas.core.distributed import DistContext, init_distributed
 from hdnas.core.evaluation import bicubic_model, evaluate_model
 from hdnas.core.genotype import Genotype, load_genotype
 from hdnas.core.inference import upscale
+from hdnas.core.network import DerivedNet
 from hdnas.core.run import Run, RunError, build_data, patch_datasets
+from hdnas.core.weights import CHECKPOINT_FORMAT, genotype_mismatch, load_model
+from hdnas.train.adaptive import depth_loss, sample_depths
 from hdnas.train.dual import DualModel
 from hdnas.train.losses import CompositeLoss, ImportanceLearner, LossConfig, LossInputs
-from hdnas.core.weights import CHECKPOINT_FORMAT, genotype_mismatch, load_model
-from hdnas.core.adaptive import AdaptiveConfig, AdaptiveNet
-from hdnas.train.adaptive import depth_loss, sample_depths
-from hdnas.core.network import DerivedNet
+from hdnas.zoo import build_reference
 
 class TrainError(RunError):
     """Retraining cannot start or go on (non-finite loss, mismatched checkpoint, bad data)."""
@@ -285,8 +286,6 @@ class Trainer(Run):
         if tc.weights and tc.model:
             raise ConfigError("teacher: give weights (with genotype) or model, not both")
         if teacher is None and tc.model and need:
-            from hdnas.zoo import build_reference
-
             teacher = build_reference(tc.model, self.scale)
         if teacher is None and tc.weights and need:
             teacher, tgeno = load_model(tc.weights, load_genotype(tc.genotype) if tc.genotype else None)

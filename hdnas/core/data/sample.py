@@ -25,14 +25,15 @@ are not comparable with papers'.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from hdnas.core.data.io import read_image
-from hdnas.core.errors import DataError
+from hdnas.core.errors import DataError, DataNote
 
-__all__ = ["SAMPLE_FILES", "sample_dir", "sample_named", "sample_images", "sample_dataset"]
+__all__ = ["SAMPLE_FILES", "sample_dir", "sample_name", "sample_named", "sample_images"]
 
 SAMPLE_FILES: dict[str, tuple[str, ...]] = {
     "train": (
@@ -64,7 +65,9 @@ def sample_named(split: str = "train") -> list[tuple[str, np.ndarray]]:
     if key is None:
         raise DataError(f"built-in sample set: unknown split {split!r} (expected train or val)")
     folder = sample_dir()
-    out = [(Path(f).stem, read_image(folder / f)) for f in SAMPLE_FILES[key] if (folder / f).is_file()]
+    with warnings.catch_warnings():  # the grey photos are chosen and listed above: no note for each
+        warnings.simplefilter("ignore", DataNote)
+        out = [(Path(f).stem, read_image(folder / f)) for f in SAMPLE_FILES[key] if (folder / f).is_file()]
     if not out:
         raise DataError(f"built-in sample set: none of {', '.join(SAMPLE_FILES[key])} found in {folder}")
     return out

@@ -264,11 +264,28 @@ def _digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.json"))}
 
 
+def _clean_clone(dest: Path) -> Path:
+    """What a fresh clone of this checkout holds: the files git tracks plus the untracked ones it does not
+    ignore (so uncommitted work is tested too), and nothing it ignores (no runs/, no .venv). Outside a
+    git checkout (an sdist), the project folders."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT,
+                            capture_output=True)
+    if listed.returncode != 0:
+        for part in ("hdnas", "tools", "search_spaces", "derived"):
+            shutil.copytree(REPO_ROOT / part, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
+        return dest
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        src = REPO_ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    return dest
+
+
 def test_first_run_on_a_clean_copy_leaves_derived_alone(tmp_path):
-    """The README flow on a fresh copy: ``tools/search.py --scale 4``, then retrain the printed genotype."""
-    clone = tmp_path / "clone"
-    for part in ("hdnas", "tools", "search_spaces", "derived"):
-        shutil.copytree(REPO_ROOT / part, clone / part, ignore=shutil.ignore_patterns("__pycache__"))
+    """The README flow on a fresh clone: ``tools/search.py --scale 4``, retrain the printed genotype, render it."""
+    clone = _clean_clone(tmp_path / "clone")
+    assert not (clone / "runs").exists() and (clone / "derived" / "x4.json").is_file()
     before = _digest(clone / "derived")
     tiny = ["threads=1", "space.channels=8", "space.cells=2", "space.steps=2", "space.fusion_cells=1",
             "data.patch=8", "data.batch=2", "data.val_max_images=1", "search.epochs=2", "search.steps_per_epoch=1",
@@ -290,3 +307,8 @@ def test_first_run_on_a_clean_copy_leaves_derived_alone(tmp_path):
     assert "finished at step 1/1" in retrain.stdout
     search_name = Path(printed).parent.name  # retrain runs are named after the search, not "genotype"
     assert (clone / "runs" / f"retrain_x4_{search_name}_s0" / "last.pt").is_file()
+    render = subprocess.run([sys.executable, "tools/render.py", printed, "--out", "cells"], cwd=clone, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert render.returncode == 0, render.stderr[-3000:]
+    drawn = {p.name for p in (clone / "cells").iterdir()}
+    assert "network.png" in drawn and "network.svg" in drawn if shutil.which("dot") else drawn, drawn

@@ -22,7 +22,7 @@ from hdnas.bench.suites import run_suites
 from hdnas.core.atomic import atomic_write_json
 from hdnas.core.cost import count
 from hdnas.core.machine import machine_info
-from hdnas.deploy.timing import dense_conv_gmacs, time_fn
+from hdnas.core.timing import dense_conv_gmacs, time_fn
 from hdnas.core.genotype import CellGenotype, Genotype
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -28,7 +28,7 @@ from hdnas.bench.common import REPO_ROOT, BenchmarkError, Log, format_table, pri
 from hdnas.core import cost
 from hdnas.core.cost import HR_SIZE
 from hdnas.core.space import load_space
-from hdnas.deploy.timing import Timing, current_rss_mib, dense_conv_gmacs, peak_rss_mib, time_fn
+from hdnas.core.timing import Timing, current_rss_mib, dense_conv_gmacs, peak_rss_mib, time_fn
 from hdnas.search.engine import Searcher, load_search_config
 from hdnas.search.supernet import SuperNet
 

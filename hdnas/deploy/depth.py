@@ -8,7 +8,7 @@ import torch.nn as nn
 from hdnas.core.adaptive import AdaptiveNet, cost_at_depth
 from hdnas.core.cost import count
 from hdnas.core.evaluation import evaluate_model
-from hdnas.deploy.timing import time_fn
+from hdnas.core.timing import time_fn
 
 
 # ------------------------------------------------------------------------------------ depth sweep

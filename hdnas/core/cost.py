@@ -194,13 +194,40 @@ def fvcore_macs(module: nn.Module, lr_size: tuple[int, int], in_channels: int = 
 # -- the search penalty ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CostTable:
-    """Per-space constants of the penalty, computed once (the penalty then costs a few tiny ops)."""
+    """Per-space constants of a penalty, computed once (the penalty then costs a few tiny ops).
 
-    op_macs: torch.Tensor  # (|ops|,) float64
-    op_macs_list: tuple[int, ...]
-    cell_fixed: int  # shell (distill, 3×3, 1×1 fuse, ESA incl. gate) of one cell
-    combine: tuple[int, ...]  # input-combination conv per cell 1..N (0 where the cell keeps one input)
-    backbone: int  # stem + fusion (m cells) + body + upsampler
+    The same shape serves every additive cost: Multi-Adds (:func:`cost_table`) and measured
+    latency (:meth:`hdnas.core.latency.LatencyModel.table`, in ms). ``unit`` names what the numbers are.
+    """
+
+    op_costs: torch.Tensor  # (|ops|,) float64, in the space's op order
+    op_costs_list: tuple[float, ...]
+    cell_fixed: float  # shell (distill, 3×3, 1×1 fuse, ESA incl. gate) of one cell
+    combine: tuple[float, ...]  # input-combination conv per cell 1..N (0 where the cell keeps one input)
+    backbone: float  # stem + fusion (m cells) + body + upsampler
+    unit: str = "Multi-Adds"
+
+    @classmethod
+    def of(cls, space: SearchSpace, op_costs, cell_fixed, combine_by_inputs, backbone, unit: str) -> "CostTable":
+        """From per-op costs (space order), the shell, a function n_inputs -> combine cost, and the backbone."""
+        op_costs = tuple(op_costs)
+        return cls(
+            op_costs=torch.tensor(op_costs, dtype=torch.float64),
+            op_costs_list=op_costs,
+            cell_fixed=cell_fixed,
+            combine=tuple(combine_by_inputs(space.inputs_kept(i)) for i in range(1, space.cells + 1)),
+            backbone=backbone,
+            unit=unit,
+        )
+
+    def total(self, genotype: Genotype, ops: list[str]) -> float:
+        """The table's sum for a derived genotype whose ops are among ``ops`` (the space's op order)."""
+        by_name = dict(zip(ops, self.op_costs_list))
+        total = self.backbone
+        for i in genotype.live_cells():
+            cell = genotype.cells[i - 1]
+            total += self.cell_fixed + self.combine[i - 1] + sum(by_name[o] for o in cell.ops)
+        return total
 
 
 def _space_key(space: SearchSpace) -> tuple:
@@ -221,14 +248,14 @@ def _space_key(space: SearchSpace) -> tuple:
 def _cost_table(key: tuple, hr_size: tuple[int, int]) -> CostTable:
     scale, c, n, steps, ops, esa, k, m, up = key
     h, w = lr_size_for(scale, hr_size)
-    op_macs = tuple(get_op(o).macs(c, c, h, w) for o in ops)
     space = SearchSpace(scale=scale, channels=c, cells=n, steps=steps, ops=list(ops), esa=esa, cell_inputs=k, fusion_cells=m)
-    return CostTable(
-        op_macs=torch.tensor(op_macs, dtype=torch.float64),
-        op_macs_list=op_macs,
-        cell_fixed=cell_shell_cost(c, steps, esa, h, w)[0],
-        combine=tuple(combine_cost(space.inputs_kept(i), c, h, w)[0] for i in range(1, n + 1)),
-        backbone=sum(p.macs for p in backbone_costs(c, scale, m, h, w, up).values()),
+    return CostTable.of(
+        space,
+        (get_op(o).macs(c, c, h, w) for o in ops),
+        cell_shell_cost(c, steps, esa, h, w)[0],
+        lambda n_in: combine_cost(n_in, c, h, w)[0],
+        sum(p.macs for p in backbone_costs(c, scale, m, h, w, up).values()),
+        "Multi-Adds",
     )
 
 
@@ -243,19 +270,18 @@ def _as_tensor(x, device: torch.device | None = None) -> torch.Tensor:
     return torch.as_tensor(x, dtype=torch.float64, device=device)
 
 
-def expected_macs(space: SearchSpace, probs: ArchProbs, hr_size: tuple[int, int] = HR_SIZE) -> torch.Tensor:
-    """E[Multi-Adds] of the derived net under α/β probabilities (float64 scalar, differentiable).
+def expected_cost(space: SearchSpace, probs: ArchProbs, table: CostTable) -> torch.Tensor:
+    """E[cost] of the derived net under α/β probabilities for any additive table (float64 scalar, differentiable).
 
     Per cell: live_i · (Σ_k Σ_o α_{i,k,o}·cost_o + shell + input combination). Liveness:
     p_in(c←j) = min(1, k_c·β_c[j]), p_fus(j) = min(1, m·β_f[j]),
     live_j = 1 − (1 − p_fus(j)) · Π_{c>j} (1 − p_in(c←j)·live_c), from the last cell back.
-    At indicator probabilities (1 = chosen, 0 = not) this is ``count(genotype).macs`` exactly.
+    At indicator probabilities (1 = chosen, 0 = not) this is ``table.total(genotype)`` exactly.
     """
-    table = cost_table(space, hr_size)
     alpha = _as_tensor(probs.alpha)
     device = alpha.device
-    op_macs = table.op_macs.to(device)
-    step_cost = (alpha * op_macs).sum(dim=(-1, -2))  # (N or 1,)
+    op_costs = table.op_costs.to(device)
+    step_cost = (alpha * op_costs).sum(dim=(-1, -2))  # (N or 1,)
     n, m = space.cells, space.fusion_cells
     fusion = _as_tensor(probs.fusion, device)
     p_fus = torch.clamp(m * fusion, max=1.0)
@@ -272,6 +298,12 @@ def expected_macs(space: SearchSpace, probs: ArchProbs, hr_size: tuple[int, int]
         ops = step_cost[0 if len(step_cost) == 1 else i - 1]
         total = total + live[i] * (ops + float(table.cell_fixed + table.combine[i - 1]))
     return total
+
+
+def expected_macs(space: SearchSpace, probs: ArchProbs, hr_size: tuple[int, int] = HR_SIZE) -> torch.Tensor:
+    """E[Multi-Adds] of the derived net under α/β probabilities (:func:`expected_cost` of the Multi-Adds
+    table); at indicator probabilities it is ``count(genotype).macs`` exactly."""
+    return expected_cost(space, probs, cost_table(space, hr_size))
 
 
 def indicator_probs(genotype: Genotype, space: SearchSpace) -> ArchProbs:
@@ -291,17 +323,22 @@ def indicator_probs(genotype: Genotype, space: SearchSpace) -> ArchProbs:
     return ArchProbs(alpha=alpha, inputs=inputs, fusion=fusion)
 
 
-def cost_bounds(space: SearchSpace, hr_size: tuple[int, int] = HR_SIZE) -> tuple[int, int]:
-    """Multi-Adds of the cheapest and the dearest derivable nets, to check a budget before a search.
+def table_bounds(space: SearchSpace, t: CostTable) -> tuple[float, float]:
+    """The cheapest and the dearest derivable nets under an additive table, to check a budget before a search.
 
     Cheapest: the cheapest op at every step and only cells 1..m live (a cell's per-cell cost never
     falls with its index, and each live cell needs k_i − 1 live cells below it besides the stem).
     Dearest: the dearest op everywhere and every cell live (a chain i−1 -> i keeps all alive).
     """
-    t = cost_table(space, hr_size)
-    lo, hi = min(t.op_macs_list), max(t.op_macs_list)
+    lo, hi = min(t.op_costs_list), max(t.op_costs_list)
     m = space.fusion_cells
     per_cell = [t.cell_fixed + t.combine[i] for i in range(space.cells)]
-    min_macs = t.backbone + sum(per_cell[:m]) + m * space.steps * lo
-    max_macs = t.backbone + sum(per_cell) + space.cells * space.steps * hi
-    return min_macs, max_macs
+    low = t.backbone + sum(per_cell[:m]) + m * space.steps * lo
+    high = t.backbone + sum(per_cell) + space.cells * space.steps * hi
+    return low, high
+
+
+def cost_bounds(space: SearchSpace, hr_size: tuple[int, int] = HR_SIZE) -> tuple[int, int]:
+    """Multi-Adds of the cheapest and the dearest derivable nets (:func:`table_bounds`)."""
+    lo, hi = table_bounds(space, cost_table(space, hr_size))
+    return int(lo), int(hi)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,3 +287,21 @@ def load_genotype(path: str | os.PathLike, scale: int | None = None) -> Genotype
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     return geno
+
+
+def random_genotype(space, rng: random.Random | int | None = None) -> Genotype:
+    """A uniformly random derivable genotype of a search space (the NAS sanity baseline; also what the
+    latency model measures whole to fit its correction). ``space``: a :class:`hdnas.core.space.SearchSpace`."""
+    space.validate()
+    if not isinstance(rng, random.Random):
+        rng = random.Random(rng)
+    shared_ops = [rng.choice(space.ops) for _ in range(space.steps)]
+    cells = []
+    for i in range(1, space.cells + 1):
+        ops = list(shared_ops) if space.shared_alpha else [rng.choice(space.ops) for _ in range(space.steps)]
+        inputs = sorted(rng.sample(range(i), space.inputs_kept(i)))
+        cells.append(CellGenotype(ops=ops, inputs=inputs))
+    fusion = sorted(rng.sample(range(1, space.cells + 1), space.fusion_cells))
+    return Genotype(
+        scale=space.scale, channels=space.channels, cells=cells, fusion=fusion, esa=space.esa, upsampler=space.upsampler
+    )

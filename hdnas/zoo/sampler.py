@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from hdnas.core.config import format_count
 from hdnas.core.cost import HR_SIZE, cost_bounds, cost_table
 from hdnas.core.errors import ConfigError
-from hdnas.core.genotype import CellGenotype, Genotype
+from hdnas.core.genotype import CellGenotype, Genotype, random_genotype
 from hdnas.core.space import SearchSpace
 
-__all__ = ["random_genotypes", "genotype_macs_fast", "SamplerError"]
+__all__ = ["random_genotype", "random_genotypes", "genotype_macs_fast", "SamplerError"]
 
 
 class SamplerError(ConfigError):
@@ -39,7 +39,7 @@ class _Table:
 
 def _table(space: SearchSpace, hr_size: tuple[int, int]) -> _Table:
     t = cost_table(space, tuple(hr_size))
-    return _Table(dict(zip(space.ops, t.op_macs_list)), t.cell_fixed, t.combine, t.backbone)
+    return _Table(dict(zip(space.ops, t.op_costs_list)), t.cell_fixed, t.combine, t.backbone)
 
 
 def genotype_macs_fast(genotype: Genotype, space: SearchSpace, hr_size: tuple[int, int] = HR_SIZE) -> int:
@@ -169,20 +169,3 @@ def random_genotypes(
             f"and {max_tries} guided draws; widen the range (reachable: {format_count(bmin)}..{format_count(bmax)})"
         )
     return found  # the table-based cost equals count(): tests/test_zoo.py checks it
-
-
-def random_genotype(space: SearchSpace, rng: random.Random | int | None = None) -> Genotype:
-    """A uniformly random derivable genotype of ``space`` (the NAS sanity baseline)."""
-    space.validate()
-    if not isinstance(rng, random.Random):
-        rng = random.Random(rng)
-    shared_ops = [rng.choice(space.ops) for _ in range(space.steps)]
-    cells = []
-    for i in range(1, space.cells + 1):
-        ops = list(shared_ops) if space.shared_alpha else [rng.choice(space.ops) for _ in range(space.steps)]
-        inputs = sorted(rng.sample(range(i), space.inputs_kept(i)))
-        cells.append(CellGenotype(ops=ops, inputs=inputs))
-    fusion = sorted(rng.sample(range(1, space.cells + 1), space.fusion_cells))
-    return Genotype(
-        scale=space.scale, channels=space.channels, cells=cells, fusion=fusion, esa=space.esa, upsampler=space.upsampler
-    )

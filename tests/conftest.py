@@ -75,3 +75,19 @@ def single_thread():
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def fake_latency_timer(name, module, x, target) -> float:
+    """Seconds from the module's size and the input's area: deterministic, and no conv is ever run."""
+    params = sum(p.numel() for p in module.parameters())
+    return 1e-4 + 1e-11 * (params + 64) * x.shape[-1] * x.shape[-2]
+
+
+@pytest.fixture(autouse=True)
+def latency_sandbox(tmp_path_factory, monkeypatch):
+    """Every test gets an empty latency cache and a fake timer: no test times real convs at full size
+    (tests that want the real timer pass ``timer=hdnas.core.latency.measure``)."""
+    from hdnas.core import latency
+
+    monkeypatch.setenv("HDNAS_CACHE_DIR", str(tmp_path_factory.mktemp("hdnas_cache")))
+    monkeypatch.setattr(latency, "DEFAULT_TIMER", fake_latency_timer)

@@ -44,12 +44,12 @@ def test_penalty_gradient_moves_expected_cost_toward_budget(direction):
     start = float(fn().detach())
     budget = start * direction
     arch = Architect(net, fn, budget, lr=0.05, penalty_weight=1.0)
-    pen, _ = arch.penalty()
+    pen, *_ = arch.penalty()
     grads = torch.autograd.grad(pen, arch.arch_params, allow_unused=True)
     assert any(g is not None and g.abs().sum() > 0 for g in grads), "penalty gradient must reach α or β"
     # hold L1 fixed: step on the penalty alone
     for _ in range(30):
-        pen, _ = arch.penalty()
+        pen, *_ = arch.penalty()
         arch.optimizer.zero_grad()
         pen.backward()
         arch.optimizer.step()
@@ -86,7 +86,7 @@ def test_second_order_hypergradient_matches_finite_differences():
     # a small finite-difference radius: L1 and the LeakyReLUs have kinks that a radius of 0.01
     # (DARTS' default, fine for search) would straddle on a net this small
     arch = Architect(net, None, None, order=2, unrolled_lr=xi, hvp_eps=1e-6)
-    grads, _, _, _ = arch.hypergradient(train, val)
+    grads, *_ = arch.hypergradient(train, val)
 
     w = [p.detach().clone() for p in arch.weight_params]
     base = [p.detach().clone() for p in arch.arch_params]

@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""Search an SR architecture under a Multi-Adds budget: ``python tools/search.py --scale 4``.
+"""Search an SR architecture under a Multi-Adds and/or latency budget: ``python tools/search.py --scale 4``.
 
 Examples:
   python tools/search.py --scale 4                                  # built-in data, default space (CPU, minutes)
                                                                     #   -> runs/<name>/genotype.json (printed)
   python tools/search.py --scale 4 --budget 10G --out derived/x4_10G.json
+  python tools/search.py --scale 4 --latency-budget 120ms           # this CPU's measured latency model
   python tools/search.py --scale 2 --config search_spaces/dlsr_div2k.yaml --data /data/DIV2K   # paper scale (GPU)
   torchrun --nproc_per_node=2 tools/search.py --scale 4             # data-parallel (gloo on CPU, NCCL on GPU)
   python tools/search.py --scale 4 --resume                         # continue a killed run
@@ -25,8 +26,8 @@ from hdnas.core.errors import HdnasError  # noqa: E402
 from hdnas.core.run import interrupted_message, show_warnings_plainly  # noqa: E402
 
 
-def glue_values(argv: list[str], options: tuple[str, ...] = ("--budget",)) -> list[str]:
-    """``--budget -5G`` -> ``--budget=-5G``: argparse takes ``-5G`` for an option, so a negative budget
+def glue_values(argv: list[str], options: tuple[str, ...] = ("--budget", "--latency-budget")) -> list[str]:
+    """``--budget -5G`` -> ``--budget=-5G`` (and ``--latency-budget -5ms``): argparse takes ``-5G`` for an option, so a negative budget
     would be "expected one argument" instead of reaching the library's check of the value."""
     out: list[str] = []
     i = 0
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", nargs="+", metavar="DIR", help="HR image folders or DIV2K roots (default: built-in sample set)")
     p.add_argument("--val-data", nargs="+", metavar="DIR", help="validation folders (default: held-out training images)")
     p.add_argument("--budget", help="Multi-Adds budget at 1280x720 output, e.g. 18G")
+    p.add_argument("--latency-budget", help="latency budget on this CPU at 1280x720 output, e.g. 120ms "
+                                            "(measured latency model; alone or beside --budget)")
     p.add_argument("--out", help="genotype JSON to write (default: runs/<name>/genotype.json, drawings beside it)")
     p.add_argument("--force", action="store_true", help="overwrite --out and start over an existing run")
     p.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoint.pt")
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         extra.append("data.val_paths=[" + ",".join(f'"{d}"' for d in args.val_data) + "]")
     if args.budget is not None:
         extra.append(f"search.budget={args.budget}")
+    if args.latency_budget is not None:
+        extra.append(f"search.latency_budget={args.latency_budget}")
     if args.seed is not None:
         extra.append(f"seed={args.seed}")
     try:
@@ -90,13 +95,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  cell {i}: inputs {cell.inputs}  ops {', '.join(cell.ops)}{live}")
     print(f"  fusion: cells {g.fusion}")
     budget = prov.get("budget")
+    lat_budget = prov.get("latency_budget_ms")
     print(f"Multi-Adds {format_count(prov['multi_adds'])} at 1280x720 output"
           + (f" (budget {format_count(budget)}, {100 * (prov['multi_adds'] / budget - 1):+.1f}%)" if budget else "")
           + f"   params {format_count(prov['params'])}")
-    if budget and prov.get("budget_swaps"):
+    if budget and prov.get("budget_swaps") and not lat_budget:
         print(f"  argmax derivation {format_count(prov['argmax_multi_adds'])} "
               f"({100 * (prov['argmax_multi_adds'] / budget - 1):+.1f}%); {len(prov['budget_swaps'])} op swap(s) "
               f"to land within ±{100 * prov['config']['search']['derive_tolerance']:.0f}%: " + "; ".join(prov["budget_swaps"]))
+    if prov.get("latency_ms_predicted") is not None:
+        print(f"latency   {prov['latency_ms_predicted']:.1f} ms predicted ({prov['latency_target']})"
+              + (f" (budget {lat_budget:g} ms, {100 * (prov['latency_ms_predicted'] / lat_budget - 1):+.1f}%)"
+                 if lat_budget else ""))
+        if prov.get("budget_swaps") and prov.get("argmax_latency_ms") is not None:
+            print(f"  argmax derivation {prov['argmax_latency_ms']:.1f} ms; {len(prov['budget_swaps'])} op swap(s): "
+                  + "; ".join(prov["budget_swaps"]))
     print(f"validation PSNR-Y {prov['val_psnr']:.2f} dB (supernet)  vs bicubic {prov['val_psnr_bicubic']:.2f} dB")
     if outcome.drawings:
         print("drawings  " + "  ".join(str(d) for d in outcome.drawings if str(d).endswith(".png")))

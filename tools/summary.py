@@ -2,7 +2,7 @@
 """Check a genotype and summarise it: ``python tools/summary.py derived/x4.json [--json]``.
 
 Prints scale, channels, parameters, Multi-Adds at 1280×720 output (ours and fvcore's, which skips
-the element-wise ESA gates), each cell's ops and inputs, the fusion and which cells are live.
+the element-wise ESA gates), the predicted latency on this CPU (``latency_ms``, hdnas.core.latency), each cell's ops and inputs, the fusion and which cells are live.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ def print_text(info: dict[str, Any]) -> None:
               f"{format_count(info['macs_fvcore'] + extra)}")
     elif "fvcore_unavailable" in info or "fvcore_skipped" in info:
         print(f"  fvcore   not checked: {info.get('fvcore_unavailable') or info['fvcore_skipped']}")
+    if "latency_ms" in info:
+        print(f"latency    {info['latency_ms']:.1f} ms predicted ({info['latency_target']}; "
+              f"sum of parts {info['latency_ms_sum_of_parts']:.1f} ms)")
     print(f"{'cells':<6}{'Multi-Adds':>10} {'params':>7}")
     width = max(len(", ".join(map(_name, c["inputs"]))) for c in info["cells"])
     for c in info["cells"]:
@@ -66,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("genotype", help="genotype JSON (e.g. derived/x4.json)")
     p.add_argument("--scale", type=int, choices=(2, 3, 4), help="fail unless the genotype is for this scale")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--no-latency", action="store_true", help="skip the predicted latency (its table is measured "
+                                                              "on first use, under a minute, then cached)")
     p.add_argument("--no-fvcore", action="store_true", help="skip fvcore's cross-check (it builds and traces the net)")
     args = p.parse_args(argv)
 
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         geno = load_genotype(args.genotype, scale=args.scale)
-        info = summarise(geno, args.genotype, fvcore=not args.no_fvcore)
+        info = summarise(geno, args.genotype, fvcore=not args.no_fvcore, latency_ms=not args.no_latency)
     except HdnasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

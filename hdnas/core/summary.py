@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hdnas.core import cost
+from hdnas.core import cost, latency
 from hdnas.core.config import format_count
 from hdnas.core.genotype import Genotype
 from hdnas.core.machine import available_memory
@@ -30,8 +30,21 @@ def fvcore_check(geno: Genotype, lr_size: tuple[int, int], memory_limit: int | N
         return {"fvcore_unavailable": f"{exc} (pip install fvcore)"}
 
 
-def summarise(geno: Genotype, path: str, fvcore: bool = True, memory_limit: int | None = None) -> dict[str, Any]:
-    """Everything ``summary.py --json`` prints: structure, liveness, exact cost per part, provenance."""
+def latency_info(geno: Genotype, progress: bool = True) -> dict[str, Any]:
+    """The predicted latency (ms) on the default target (this CPU), with and without the correction."""
+    model = latency.latency_model(latency.space_of(geno), progress=progress)
+    return {
+        "latency_ms": round(model.predict(geno), 3),
+        "latency_ms_sum_of_parts": round(model.predict(geno, corrected=False), 3),
+        "latency_target": latency.Target().describe() + ", batch 1, 1280x720 output",
+        "latency_table": str(model.path) if model.path else None,
+    }
+
+
+def summarise(geno: Genotype, path: str, fvcore: bool = True, memory_limit: int | None = None,
+              latency_ms: bool = True) -> dict[str, Any]:
+    """Everything ``summary.py --json`` prints: structure, liveness, exact cost per part, predicted latency,
+    provenance. The latency model is measured on first use (under a minute) and cached."""
     live = geno.live_cells()
     report = cost.count(geno, hr_size=cost.HR_SIZE)
     info: dict[str, Any] = {
@@ -58,6 +71,8 @@ def summarise(geno: Genotype, path: str, fvcore: bool = True, memory_limit: int 
     }
     if fvcore:
         info.update(fvcore_check(geno, report.lr_size, memory_limit))
+    if latency_ms:
+        info.update(latency_info(geno))
     info["provenance"] = geno.provenance
     return info
 

@@ -1,4 +1,4 @@
-"""The architecture step of the bilevel search: α, β move on held-out data under a Multi-Adds budget.
+"""The architecture step of the bilevel search: α, β move on held-out data under a Multi-Adds and/or latency budget.
 
 As in DARTS, the architecture minimises the validation loss of the weights the inner problem would
 give. First order treats the current weights as optimal; second order unrolls one virtual SGD step
@@ -33,6 +33,7 @@ class ArchStepResult:
     loss: float  # data term on the architecture batch
     penalty: float
     expected_macs: float
+    expected_latency_ms: float = float("nan")
 
 
 class Architect:
@@ -52,12 +53,16 @@ class Architect:
         w_weight_decay: float = 0.0,
         dist_ctx: DistContext | None = None,
         hvp_eps: float = 0.01,
+        latency_fn: Callable[[], torch.Tensor] | None = None,
+        latency_budget: float | None = None,
     ):
         if order not in (1, 2):
             raise ValueError(f"search.order: expected 1 or 2, got {order}")
         self.model = model
         self.cost_fn = cost_fn
         self.budget = budget
+        self.latency_fn = latency_fn  # E[latency] in ms under the current α, β
+        self.latency_budget = latency_budget  # ms; penalised like the Multi-Adds budget, beside it or alone
         self.penalty_weight = penalty_weight
         self.order = order
         self.xi = unrolled_lr
@@ -71,14 +76,21 @@ class Architect:
         self.optimizer = torch.optim.Adam(self.arch_params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
 
     # -- pieces -------------------------------------------------------------------------------
-    def penalty(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """λ·penalty(E[Multi-Adds]) and E itself; zero when no budget is set."""
-        if self.cost_fn is None:
-            return torch.zeros((), device=self.arch_params[0].device), None
-        expected = self.cost_fn()
-        if self.budget is None:
-            return torch.zeros((), device=expected.device), expected
-        return self.penalty_weight * budget_penalty(expected, self.budget), expected
+    def penalty(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """λ·(penalty(E[Multi-Adds]) + penalty(E[latency])) over the budgets set, E[Multi-Adds] and E[latency]."""
+        pen = torch.zeros((), device=self.arch_params[0].device)
+        expected = latency = None
+        for fn, budget, slot in ((self.cost_fn, self.budget, 0), (self.latency_fn, self.latency_budget, 1)):
+            if fn is None:
+                continue
+            value = fn()
+            if slot == 0:
+                expected = value
+            else:
+                latency = value
+            if budget is not None:
+                pen = pen + self.penalty_weight * budget_penalty(value, budget)
+        return pen, expected, latency
 
     def _loss(self, lr: torch.Tensor, hr: torch.Tensor, weights: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         if weights is None:
@@ -89,8 +101,8 @@ class Architect:
 
     # -- steps --------------------------------------------------------------------------------
     def hypergradient(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor]):
-        """Gradients of (data loss + penalty) w.r.t. α, β; returns (grads, data loss, penalty, E)."""
-        pen, expected = self.penalty()
+        """Gradients of (data loss + penalty) w.r.t. α, β; returns (grads, data loss, penalty, E, E[latency])."""
+        pen, expected, latency = self.penalty()
         if self.order == 1:
             loss = self._loss(*val)
             grads = list(torch.autograd.grad(loss, self.arch_params, allow_unused=True))
@@ -101,7 +113,8 @@ class Architect:
         if pen.requires_grad:
             pgrads = torch.autograd.grad(pen, self.arch_params, allow_unused=True)
             grads = [g if pg is None else g + pg for g, pg in zip(grads, pgrads)]
-        return grads, loss.detach(), pen.detach(), None if expected is None else expected.detach()
+        return (grads, loss.detach(), pen.detach(), None if expected is None else expected.detach(),
+                None if latency is None else latency.detach())
 
     def _second_order(self, train, val):
         w = [p.detach() for p in self.weight_params]
@@ -135,7 +148,7 @@ class Architect:
         return [torch.zeros_like(p) if x is None else x for x, p in zip(g, self.arch_params)]
 
     def step(self, train, val) -> ArchStepResult:
-        grads, loss, pen, expected = self.hypergradient(train, val)
+        grads, loss, pen, expected, latency = self.hypergradient(train, val)
         for p, g in zip(self.arch_params, grads):
             p.grad = g
         self.optimizer.step()
@@ -144,6 +157,7 @@ class Architect:
             loss=self.dist.all_reduce_scalar(float(loss)),
             penalty=float(pen),
             expected_macs=float("nan") if expected is None else float(expected),
+            expected_latency_ms=float("nan") if latency is None else float(latency),
         )
 
     def state_dict(self) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -91,6 +91,7 @@ def derive_within_budget(
     budget: float,
     tolerance: float = 0.10,
     hr_size: tuple[int, int] = HR_SIZE,
+    cost: Callable[[Genotype], float] | None = None,
 ) -> BudgetDerivation:
     """Argmax derivation, then the fewest, least regretted op swaps that bring the exact cost into the band.
 
@@ -99,10 +100,14 @@ def derive_within_budget(
     the swap with the smallest loss in log-probability per unit of log-cost brought back toward the
     budget — until the exact Multi-Adds are within ``tolerance`` of ``budget``, or no swap helps.
     Shared α changes a step in every cell at once. Network-level choices (β) are kept.
+    ``cost``: what the budget is in (default: exact Multi-Adds at ``hr_size``; a latency model's
+    ``predict`` for a latency budget); the result's ``argmax_macs``/``macs`` are then in its unit.
     """
+    if cost is None:
+        cost = lambda g: count(g, hr_size).macs  # noqa: E731
     probs = _probs_of(supernet_or_probs)
     geno = derive(probs, space)
-    first = count(geno, hr_size).macs
+    first = cost(geno)
     alpha = probs.alpha
     shared = len(alpha) == 1
     swaps: list[str] = []
@@ -129,7 +134,7 @@ def derive_within_budget(
                     trial = Genotype(**{**geno.__dict__, "cells": [CellGenotype(list(c.ops), list(c.inputs)) for c in geno.cells]})
                     for i in (range(1, space.cells + 1) if shared else cells):
                         trial.cells[i - 1].ops[k] = op
-                    new = count(trial, hr_size).macs
+                    new = cost(trial)
                     gain = abs(gap) - abs(math.log(new / budget))
                     if gain <= 1e-12:
                         continue

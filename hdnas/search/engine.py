@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from hdnas import __version__
-from hdnas.core import cost, render
+from hdnas.core import cost, latency, render
 from hdnas.core.config import ConfigError, DataConfig, format_count, load_config, parse_count, to_dict
 from hdnas.core.cost import HR_SIZE
 from hdnas.core.data import imresize
@@ -60,6 +60,10 @@ class SearchOptions:
     a_weight_decay: float = 1e-3
     unrolled_lr: Optional[float] = None  # ξ of the virtual step; default w_lr
     budget: Optional[str] = None  # Multi-Adds at 1280×720 output, e.g. "18G"; None: no penalty
+    # Latency of the derived net on this CPU (torch eager, channels-last, torch's threads) at 1280×720
+    # output, e.g. "120ms", from the measured latency model (hdnas.core.latency); alone or beside budget.
+    # When set, the final derivation lands in its band (not the Multi-Adds one).
+    latency_budget: Optional[str] = None
     penalty_weight: float = 1.0
     # The penalty's expected cost is taken over softmax(α/τ), τ annealed geometrically from
     # tau_start to tau_end over the architecture epochs: at τ = 1 it averages ops that argmax will
@@ -99,6 +103,13 @@ class SearchOptions:
             if b <= 0:
                 raise ConfigError(f"search.budget: expected a positive Multi-Adds count, got {self.budget}")
 
+        if self.latency_budget is not None:
+            latency.parse_duration_ms(self.latency_budget, "search.latency_budget")
+
+    @property
+    def latency_budget_ms(self) -> float | None:
+        return None if self.latency_budget is None else latency.parse_duration_ms(self.latency_budget, "search.latency_budget")
+
     @property
     def budget_macs(self) -> float | None:
         return None if self.budget is None else parse_count(self.budget, "search.budget")
@@ -119,6 +130,7 @@ class SearchConfig:
         if self.name:
             return self.name
         budget = f"_b{self.search.budget}" if self.search.budget else ""
+        budget += f"_lat{self.search.latency_budget}" if self.search.latency_budget else ""
         return f"search_x{self.space.scale}_{self.space.name}{budget}_s{self.seed}"
 
 
@@ -178,6 +190,7 @@ class SearchResult:
     bicubic_psnr: float
     history: list[dict]
     argmax_macs: int | None = None  # exact cost of the plain argmax genotype (before any budget swaps)
+    argmax_latency_ms: float | None = None  # its predicted latency, when a latency budget was set
     swaps: list[str] = field(default_factory=list)
 
 
@@ -202,6 +215,16 @@ class Searcher(Run):
                 f"search.budget {format_count(self.budget)} is outside what this space can reach at ×{cfg.space.scale} "
                 f"({format_count(lo)} .. {format_count(hi)} Multi-Adds at 1280×720 output)"
             )
+        self.latency_budget = opts.latency_budget_ms
+        self.latency: latency.LatencyModel | None = None
+        if self.latency_budget is not None:  # measured (or read from the cache) before any data loading
+            self.latency = latency.latency_model(cfg.space, progress=progress and self.dist.is_main)
+            lo, hi = (v * self.latency.factor for v in cost.table_bounds(cfg.space, self.latency.table(cfg.space)))
+            if not lo <= self.latency_budget <= hi:
+                raise SearchError(
+                    f"search.latency_budget {self.latency_budget:g} ms is outside what this space can reach at "
+                    f"×{cfg.space.scale} on this CPU ({lo:.1f} .. {hi:.1f} ms predicted at 1280×720 output)"
+                )
         self.model = SuperNet(cfg.space, fused=opts.fused).to(self.device)
         self.data = SearchData(cfg.data, cfg.space.scale, cfg.seed)
         w_params = list(self.model.weight_parameters())
@@ -222,6 +245,9 @@ class Searcher(Run):
             unrolled_lr=opts.unrolled_lr if opts.unrolled_lr is not None else opts.w_lr,
             w_weight_decay=opts.w_weight_decay,
             dist_ctx=self.dist,
+            latency_fn=None if self.latency is None else (
+                lambda: self.latency.expected(space, self.model.arch_probs(self.penalty_tau)).to(self.device)),
+            latency_budget=self.latency_budget,
         )
         self.total_steps = opts.epochs * opts.steps_per_epoch
         self.penalty_tau = opts.penalty_tau_start
@@ -287,7 +313,7 @@ class Searcher(Run):
                 epoch = self.epoch
                 t0 = time.time()
                 sums = {"w_loss": 0.0, "a_loss": 0.0, "penalty": 0.0}
-                expected = float("nan")
+                expected = expected_ms = float("nan")
                 search_arch = epoch >= opts.warmup_epochs
                 self.penalty_tau = self.tau_at(epoch)
                 self.model.train()
@@ -303,6 +329,7 @@ class Searcher(Run):
                         sums["a_loss"] += res.loss
                         sums["penalty"] += res.penalty
                         expected = res.expected_macs
+                        expected_ms = res.expected_latency_ms
                     w_loss = self._weight_step(step)
                     if not math.isfinite(w_loss):
                         raise SearchError(
@@ -315,6 +342,8 @@ class Searcher(Run):
                         post["PSNR"] = f"{val_psnr:.2f}"
                     if math.isfinite(expected):
                         post["E[MAdds]"] = format_count(expected)
+                    if math.isfinite(expected_ms):
+                        post["E[ms]"] = f"{expected_ms:.1f}"
                     bar.advance(step + 1, **post)
                     if self.writer is not None and step % 10 == 0:
                         self.writer.add_scalar("loss/weights_l1", w_loss, step)
@@ -339,6 +368,8 @@ class Searcher(Run):
                     "expected_macs_tau": expected_tau,
                     "derived_macs": derived.macs,
                     "derived_params": derived.params,
+                    "expected_latency_ms": expected_ms if self.latency is not None else None,
+                    "derived_latency_ms": self.latency.predict(geno) if self.latency is not None else None,
                     "val_psnr": val_psnr,
                     "seconds": time.time() - t0,
                     "ops": [list(c.ops) for c in geno.cells],
@@ -356,13 +387,19 @@ class Searcher(Run):
     def _result(self) -> SearchResult:
         opts = self.cfg.search
         val = self.history[-1]["val_psnr"] if self.history else float("nan")
-        if self.budget is not None and opts.budget_derivation:
+        argmax_ms = None
+        if self.latency_budget is not None and opts.budget_derivation:
+            res = derive_within_budget(self.model, self.cfg.space, self.latency_budget, opts.derive_tolerance, HR_SIZE,
+                                       cost=self.latency.predict)
+            geno, argmax_ms, swaps = res.genotype, res.argmax_macs, res.swaps
+            argmax_macs = cost.count(derive(self.model, self.cfg.space), HR_SIZE).macs
+        elif self.budget is not None and opts.budget_derivation:
             res = derive_within_budget(self.model, self.cfg.space, self.budget, opts.derive_tolerance, HR_SIZE)
             geno, argmax_macs, swaps = res.genotype, res.argmax_macs, res.swaps
         else:
             geno = derive(self.model, self.cfg.space)
             argmax_macs, swaps = cost.count(geno, HR_SIZE).macs, []
-        return SearchResult(geno, self.run_dir, val, self.data.bicubic_psnr(), self.history, argmax_macs, swaps)
+        return SearchResult(geno, self.run_dir, val, self.data.bicubic_psnr(), self.history, argmax_macs, swaps, argmax_ms)
 
     # -- validation and logging -----------------------------------------------------------------
     @torch.no_grad()
@@ -434,6 +471,8 @@ def provenance(cfg: SearchConfig, result: SearchResult, report, command: list[st
         "params": report.params,
         "budget": cfg.search.budget_macs,
         "argmax_multi_adds": result.argmax_macs,
+        "latency_budget_ms": cfg.search.latency_budget_ms,
+        "argmax_latency_ms": result.argmax_latency_ms,
         "budget_swaps": result.swaps,
         "expected_multi_adds": result.history[-1]["expected_macs"] if result.history else None,
         "val_psnr": result.val_psnr,
@@ -488,6 +527,9 @@ def run_search(
     geno = result.genotype
     report = cost.count(geno, HR_SIZE)
     geno.provenance = provenance(cfg, result, report, command)
+    if searcher.latency is not None:
+        geno.provenance["latency_ms_predicted"] = round(searcher.latency.predict(geno), 2)
+        geno.provenance["latency_target"] = latency.Target().describe() + " (batch 1, 1280x720 output)"
     geno.save(out, force=True)
     drawings: list[Path] = []
     note = None

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmarks: search speed, model size/speed, and the fixed-budget quality protocol.
+"""Benchmarks: search speed, model size/speed, the fixed-budget quality protocol and the latency model.
 
     python tools/benchmark.py --quick                              # every suite on tiny settings (~2 min)
     python tools/benchmark.py --suite search                       # both spaces, x2/x4, batch 8, patch 32
@@ -7,6 +7,9 @@
     python tools/benchmark.py --suite models --models rfdn imdn --scales 4
     python tools/benchmark.py --suite quality --genotype derived/x4.json --model-index 0   # one model per command
     python tools/benchmark.py --suite quality --minutes 30 --json runs/benchmark/quality30.json
+    python tools/benchmark.py --suite quality --steps 3000                 # equal steps instead of equal minutes
+    python tools/benchmark.py --suite latency                      # predictor accuracy, x2/x3/x4 (+ scatter PNG)
+    python tools/benchmark.py --suite latency --no-accuracy --budget-genotypes G.json --compare A.json B.json
 
 Results merge into --json (default runs/benchmark/benchmark.json, --quick: runs/benchmark/quick.json):
 a record replaces the one with the same key, so a suite can run piece by piece. Without --suite,
@@ -26,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from hdnas.bench.common import REPO_ROOT, BenchmarkError  # noqa: E402
+from hdnas.bench.common import REPO_ROOT, SUITES, BenchmarkError  # noqa: E402
+from hdnas.bench.latency import LatencyBenchConfig  # noqa: E402
 from hdnas.bench.models import ModelsBenchConfig  # noqa: E402
 from hdnas.bench.quality import QualityBenchConfig  # noqa: E402
 from hdnas.bench.search import SearchBenchConfig  # noqa: E402
@@ -37,7 +41,7 @@ from hdnas.core.errors import HdnasError  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", nargs="+", choices=("search", "models", "quality"), help="suites to run (default: search models)")
+    p.add_argument("--suite", nargs="+", choices=SUITES, help="suites to run (default: search models)")
     p.add_argument("--json", metavar="OUT", help="results file to merge into")
     p.add_argument("--quick", action="store_true", help="tiny settings: checks the harness, numbers are not meaningful")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's default)")
@@ -62,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--genotype", nargs="+", help="searched genotype (quality; default derived/x4.json); "
                                                  "models: extra genotypes to measure")
     g.add_argument("--minutes", type=float, help="training minutes per model (default 8)")
+    g.add_argument("--steps", type=int, help="train every model for these steps instead of --minutes (quality); "
+                                             "steps of --compare (latency, default 2000)")
     g.add_argument("--data", nargs="+", metavar="DIR", help="training folders (default: T91 BSD200 under $HDNAS_DATA)")
     g.add_argument("--eval", nargs="+", metavar="SET", help="evaluation sets (default: Set5 Set14)")
     g.add_argument("--model-index", nargs="+", type=int, help="run only these models of the protocol (0 searched, "
@@ -69,6 +75,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--n-random", type=int, help="random genotypes (default 5)")
     g.add_argument("--target-macs", help="Multi-Adds to match (default: the searched genotype's), e.g. 5G")
     g.add_argument("--seed", type=int, help="seed (default 0)")
+    g = p.add_argument_group("latency suite")
+    g.add_argument("--n-random-latency", type=int, help="random genotypes per scale (default 20)")
+    g.add_argument("--no-accuracy", action="store_true", help="skip the predictor-accuracy part")
+    g.add_argument("--no-rebuild", action="store_true", help="use cached latency tables (default: measure afresh)")
+    g.add_argument("--budget-genotypes", nargs="+", metavar="G", help="genotypes measured against their latency budget")
+    g.add_argument("--compare", nargs="+", metavar="G", help="genotypes trained for --steps and scored on --eval")
+    g.add_argument("--plot", help="scatter PNG (default: the results file with .png)")
     return p.parse_args(argv)
 
 
@@ -113,8 +126,18 @@ def main(argv: list[str] | None = None) -> int:
              target_macs=parse_count(args.target_macs, "--target-macs") if args.target_macs else None)
         if args.scales and len(args.scales) == 1:
             q.scale = args.scales[0]
+        q.steps = args.steps if "quality" in suites else None
 
-        run_suites(suites, out, s, m, q, quick=args.quick)
+        lat = LatencyBenchConfig.quick() if args.quick else LatencyBenchConfig()
+        _set(lat, scales=args.scales, n_random=args.n_random_latency, seed=args.seed, repeats=args.repeats,
+             warmup=args.warmup, threads=args.threads or None, genotypes=args.budget_genotypes, compare=args.compare,
+             compare_steps=args.steps, data=args.data, eval_sets=args.eval, plot=args.plot)
+        if args.no_accuracy:
+            lat.accuracy = False
+        if args.no_rebuild:
+            lat.rebuild = False
+
+        run_suites(suites, out, s, m, q, lat, quick=args.quick)
     except HdnasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

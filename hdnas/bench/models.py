@@ -21,10 +21,11 @@ import torch.nn as nn
 
 from hdnas.bench.common import REPO_ROOT, BenchmarkError, Log, format_table, print_line, run_worker
 from hdnas.core.config import format_count
+from hdnas.core import latency
 from hdnas.core.cost import HR_SIZE, fvcore_macs, lr_size_for
 from hdnas.core.genotype import load_genotype
 from hdnas.core.network import DerivedNet
-from hdnas.deploy.timing import Timing, dense_conv_gmacs, time_fn
+from hdnas.core.timing import Timing, dense_conv_gmacs, time_fn
 from hdnas.zoo import build_reference, genotype_cost, list_references, num_params, reference_cost
 
 
@@ -45,6 +46,7 @@ class ModelsBenchConfig:
     compile_timeout_s: float = 420.0
     onnx: bool = True
     fvcore: bool = True
+    predict: bool = True  # the latency model's prediction (default target) beside each genotype's measurement
     fvcore_full_size: bool = True  # fvcore at 1280×720 (one traced forward each); False: at hr_size
     threads: int = 0
 
@@ -223,6 +225,12 @@ def benchmark_model(entry: ModelEntry, cfg: ModelsBenchConfig, dense: float, log
                 **_throughput(macs, Timing(out["times"]), dense), "max_abs_diff": out["max_abs_diff"], "export": out["export"]}
         else:
             lat["onnxruntime"] = {"skipped": "disabled (--no-onnx)"}
+    if cfg.predict and entry.kind == "genotype":
+        geno = load_genotype(entry.spec["genotype"])
+        lm = latency.latency_model(latency.space_of(geno), hr_size=hr, progress=False)
+        rec["latency_predicted_ms"] = {"corrected": round(lm.predict(geno), 3),
+                                       "sum_of_parts": round(lm.predict(geno, corrected=False), 3),
+                                       "target": latency.Target().describe(), "compare_with": "eager_channels_last"}
     best = [(k, v["median"]) for k, v in lat.items() if "median" in v]
     if best:
         k, v = min(best, key=lambda kv: kv[1])
@@ -237,6 +245,8 @@ def _model_line(r: dict[str, Any]) -> str:
         parts.append(f"fvcore {format_count(r['fvcore_macs'])} ({r['fvcore_at']})")
     for k, v in r["latency_ms"].items():
         parts.append(f"{k} {v['median']:.1f} ms" if "median" in v else f"{k} skipped")
+    if "latency_predicted_ms" in r:
+        parts.append(f"predicted {r['latency_predicted_ms']['corrected']:.1f} ms (channels_last)")
     return ", ".join(parts)
 
 
@@ -277,16 +287,17 @@ def models_table(records: list[dict[str, Any]]) -> str:
     rows = []
     for r in records:
         if "error" in r:
-            rows.append([r["name"], f"x{r['scale']}", "error", "", ""] + [""] * len(variants) + [""])
+            rows.append([r["name"], f"x{r['scale']}", "error", "", ""] + [""] * (len(variants) + 1) + [""])
             continue
         lat = r["latency_ms"]
         cells = [f"{lat[v]['median']:.1f}" if "median" in lat.get(v, {}) else "-" for v in variants]
         best = r.get("fastest", {}).get("variant")
         ratio = lat.get(best, {}).get("ratio_to_dense_conv") if best else None
+        pred = r.get("latency_predicted_ms", {}).get("corrected")
         rows.append([r["name"], f"x{r['scale']}", format_count(r["params"]), format_count(r["macs"]),
-                     _fvcore_cell(r), *cells,
+                     _fvcore_cell(r), *cells[:2], "-" if pred is None else f"{pred:.1f}", *cells[2:],
                      "-" if ratio is None else f"{ratio:.2f}"])
-    return format_table(["net", "scale", "params", "MAdds", "=fvcore+extras", "NCHW ms", "NHWC ms", "compile ms", "ORT ms",
+    return format_table(["net", "scale", "params", "MAdds", "=fvcore+extras", "NCHW ms", "NHWC ms", "NHWC pred ms", "compile ms", "ORT ms",
                          "best/dense"], rows)
 
 

@@ -53,8 +53,10 @@ def train_for_minutes(
     threads: int = 0,
     device: str = "auto",
     max_steps: int | None = None,
+    steps: int | None = None,
 ) -> tuple[nn.Module, TrainStats]:
-    """Train ``genotype`` with the retraining engine, L1 only, for ``minutes`` of wall clock.
+    """Train ``genotype`` with the retraining engine, L1 only, for ``minutes`` of wall clock
+    (or, with ``steps``, for exactly that many steps, the schedule annealed to them: equal steps).
 
     The schedule is annealed to the time budget (``train.anneal_to_minutes``), so every model of the
     protocol ends its cosine whatever its speed; batches come from the seed, so all see the same
@@ -62,7 +64,8 @@ def train_for_minutes(
     """
     cfg = load_retrain_config(None, {
         "seed": seed, "device": device, "threads": threads, "data": {"batch": batch, "patch": patch},
-        "train": {"steps": 10**9, "lr": lr, "minutes": minutes, "val_every": 500, "log_every": 50},
+        "train": {"steps": steps or 10**9, "lr": lr, "minutes": None if steps else minutes, "val_every": 500,
+                  "log_every": 50},
         "loss": {"dual": {"enabled": False}},
     })
     torch.manual_seed(seed)
@@ -90,6 +93,7 @@ class QualityBenchConfig:
     scale: int = 4
     target_macs: float | None = None  # default: the genotype's Multi-Adds
     minutes: float = 8.0
+    steps: int | None = None  # equal steps instead of equal minutes (the schedule anneals to them)
     data: list[str] | None = None  # None: T91 + BSD200 under the shared data root, else the sample set
     eval_sets: list[str] = field(default_factory=lambda: ["Set5", "Set14"])
     seed: int = 0
@@ -186,7 +190,8 @@ def run_quality_suite(cfg: QualityBenchConfig, log: Log = print_line) -> tuple[l
     scale = models[0].genotype.scale
     train_paths, eval_paths = _data_sources(cfg)
     protocol = {
-        "scale": scale, "target_macs": target, "tolerance": cfg.tolerance, "minutes": cfg.minutes, "seed": cfg.seed,
+        "scale": scale, "target_macs": target, "tolerance": cfg.tolerance,
+        **({"steps": cfg.steps} if cfg.steps else {"minutes": cfg.minutes}), "seed": cfg.seed,
         "batch": cfg.batch, "patch": cfg.patch, "lr": cfg.lr, "n_random": cfg.n_random,
         "train_data": train_paths or ["<built-in sample set>"],
         "eval_sets": {n: (str(p) if p else "<built-in sample val set>") for n, p in eval_paths.items()},
@@ -198,7 +203,8 @@ def run_quality_suite(cfg: QualityBenchConfig, log: Log = print_line) -> tuple[l
     if bad:
         raise BenchmarkError(f"--model-index {bad[0]}: the protocol has models 0..{len(models) - 1} "
                              f"({', '.join(f'{m.index}: {m.name}' for m in models)})")
-    log(f"[quality] target {format_count(target)} Multi-Adds (±{cfg.tolerance:.0%}), {cfg.minutes:g} min per model, "
+    per_model = f"{cfg.steps} steps" if cfg.steps else f"{cfg.minutes:g} min"
+    log(f"[quality] target {format_count(target)} Multi-Adds (±{cfg.tolerance:.0%}), {per_model} per model, "
         f"data: {', '.join(protocol['train_data'])}")
     train_set = build_dataset(train_paths, scale, "train")
     eval_sets = {n: build_dataset([str(p)] if p else None, scale, "val") for n, p in eval_paths.items()}
@@ -216,7 +222,7 @@ def run_quality_suite(cfg: QualityBenchConfig, log: Log = print_line) -> tuple[l
         first_eval = next(iter(eval_sets.values()), None)
         net, stats = train_for_minutes(m.genotype, train_set, cfg.minutes, cfg.seed, val_set=first_eval,
                                        run_dir=Path(cfg.runs_dir) / f"x{scale}_{m.index}_{m.kind}", batch=cfg.batch,
-                                       patch=cfg.patch, lr=cfg.lr, threads=cfg.threads)
+                                       patch=cfg.patch, lr=cfg.lr, threads=cfg.threads, steps=cfg.steps)
         res = {n: evaluate_model(net, ds) for n, ds in eval_sets.items()}
         rec = {
             "key": f"{m.index}|{m.kind}", "index": m.index, "name": m.name, "kind": m.kind, "macs": rep.macs,

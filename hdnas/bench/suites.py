@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from hdnas.bench.common import SUITES, BenchmarkError, Log, load_results, merge_suite, print_line, run_info
+from hdnas.bench.latency import LatencyBenchConfig, latency_table, run_latency_suite
 from hdnas.bench.models import ModelsBenchConfig, models_table, run_models_suite
 from hdnas.bench.quality import QualityBenchConfig, quality_table, run_quality_suite
 from hdnas.bench.search import SearchBenchConfig, run_search_suite, search_table
@@ -24,6 +25,7 @@ def run_suites(
     search_cfg: SearchBenchConfig | None = None,
     models_cfg: ModelsBenchConfig | None = None,
     quality_cfg: QualityBenchConfig | None = None,
+    latency_cfg: LatencyBenchConfig | None = None,
     quick: bool = False,
     log: Log = print_line,
 ) -> dict[str, Any]:
@@ -50,6 +52,12 @@ def run_suites(
             records, dense = run_models_suite(cfg, log)
             merge_suite(results, suite, {**run_info(cfg), "quick": quick, "dense_conv_gmacs": dense}, records)
             log(models_table(records))
+        elif suite == "latency":
+            cfg = latency_cfg or (LatencyBenchConfig.quick() if quick else LatencyBenchConfig())
+            records, summary = run_latency_suite(cfg, log, plot_default=json_path.with_suffix(".png"))
+            merge_suite(results, suite, {**run_info(cfg), "quick": quick}, records)
+            results["suites"][suite]["summary"] = summary
+            log(latency_table(records, summary))
         else:
             cfg = quality_cfg or (QualityBenchConfig.quick() if quick else QualityBenchConfig())
             records, protocol = run_quality_suite(cfg, log)

@@ -166,6 +166,7 @@ def test_latency_search_derives_within_the_latency_band(tmp_path):
     out = run_search(cfg, tmp_path / "g.json", progress=False, command=["test"])
     prov = out.genotype.provenance
     assert prov["latency_budget_ms"] == pytest.approx(budget)
+    assert isinstance(prov["budget_swaps"], list) and isinstance(prov["argmax_latency_ms"], float)
     assert prov["latency_ms_predicted"] == pytest.approx(model.predict(out.genotype), abs=0.01)
 
 

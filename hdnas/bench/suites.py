@@ -56,8 +56,9 @@ def run_suites(
             cfg = latency_cfg or (LatencyBenchConfig.quick() if quick else LatencyBenchConfig())
             records, summary = run_latency_suite(cfg, log, plot_default=json_path.with_suffix(".png"))
             merge_suite(results, suite, {**run_info(cfg), "quick": quick}, records)
-            results["suites"][suite]["summary"] = summary
-            log(latency_table(records, summary))
+            merged = results["suites"][suite].setdefault("summary", {})
+            merged.update(summary if cfg.accuracy else {k: v for k, v in summary.items() if k in ("target", "hr_size")})
+            log(latency_table(results["suites"][suite]["records"], merged))
         else:
             cfg = quality_cfg or (QualityBenchConfig.quick() if quick else QualityBenchConfig())
             records, protocol = run_quality_suite(cfg, log)

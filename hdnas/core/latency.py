@@ -52,14 +52,14 @@ from hdnas.core.atomic import atomic_write_json
 from hdnas.core.blocks import DistillCell, MeanShift, Upsampler, conv1x1, conv3x3, lrelu
 from hdnas.core.cost import HR_SIZE, CostTable, expected_cost, lr_size_for
 from hdnas.core.errors import ConfigError
-from hdnas.core.genotype import Genotype, random_genotype
+from hdnas.core.genotype import CellGenotype, Genotype, random_genotype
 from hdnas.core.machine import machine_info
 from hdnas.core.network import DerivedNet
 from hdnas.core.ops import OPS, build_op
 from hdnas.core.space import ArchProbs, SearchSpace
 from hdnas.core.timing import time_fn
 
-FORMAT = "hdnas-latency/1"
+FORMAT = "hdnas-latency/2"
 BACKENDS = ("torch", "onnxruntime")
 DEVICES = ("cpu", "cuda")
 #: The sum of parts is corrected only when it misses whole-net measurements by more than this (median).
@@ -356,9 +356,72 @@ def _read_cache(path: Path, key: dict[str, Any]) -> LatencyModel | None:
         return None
 
 
+#: How parts are timed. ``in_context``: ops, cell shell and backbone from whole probe nets (below);
+#: ``isolated``: each part alone as a module (the ops' isolated times are recorded either way).
+METHODS = ("in_context", "isolated")
+
+
+def probe_genotypes(space: SearchSpace) -> tuple[Callable[[str], Genotype], Genotype | None]:
+    """Probe nets for in-context timing: ``every(op)`` has every cell live (a chain ending in the fused
+    cells) with ``op`` at every step; ``few`` (None when cells == fused cells) keeps only the first
+    ``fusion_cells`` cells live, with the cheapest-to-build op. Each cell reads its nearest earlier outputs."""
+    n, m = space.cells, space.fusion_cells
+
+    def geno(op: str, fusion: list[int]) -> Genotype:
+        cells = [CellGenotype([op] * space.steps, list(range(i - space.inputs_kept(i), i))) for i in range(1, n + 1)]
+        return Genotype(scale=space.scale, channels=space.channels, cells=cells, fusion=fusion, esa=space.esa,
+                        upsampler=space.upsampler)
+
+    every = lambda op: geno(op, list(range(n - m + 1, n + 1)))  # noqa: E731
+    return every, (geno(BASE_OP, list(range(1, m + 1))) if n > m else None)
+
+
+#: The probe nets' reference op: its isolated time is taken as its in-net time (it is the smallest).
+BASE_OP = "conv_1x1"
+
+
+def _in_context(space: SearchSpace, isolated: dict[str, float], net_ms: Callable[[Genotype], float],
+                bar) -> tuple[dict[str, float], dict[str, Any]]:
+    """Op, shell and backbone times (ms) as they run inside a net: differences of whole probe nets.
+
+    T(every op o) − T(every base op) = N·K·(t_o − t_base); T(every base) − T(few base) = (N − m)·(shell
+    + K·t_base) + their combinations; the backbone is what remains of T(few base). Combinations and the
+    base op keep their isolated times. Times are floored at 1 % of the isolated time (noise can make a
+    difference negative)."""
+    every, few = probe_genotypes(space)
+    n, m, k = space.cells, space.fusion_cells, space.steps
+    comb = [isolated.get(f"combine:{space.inputs_kept(i)}", 0.0) for i in range(1, n + 1)]
+    t_base = isolated[f"op:{BASE_OP}"]
+    probes: dict[str, float] = {}
+    for name in OPS:
+        bar.set_postfix_str(f"probe net {name}")
+        probes[name] = net_ms(every(name))
+        bar.update()
+    out = dict(isolated)
+    for name in OPS:
+        if name != BASE_OP:
+            out[f"op:{name}"] = max(t_base + (probes[name] - probes[BASE_OP]) / (n * k), 0.01 * isolated[f"op:{name}"])
+    if few is not None:
+        bar.set_postfix_str("probe net (fewer live cells)")
+        probes["few"] = net_ms(few)
+        bar.update()
+        shell = (probes[BASE_OP] - probes["few"] - sum(comb[m:])) / (n - m) - k * t_base
+        out["shell"] = max(shell, 0.01 * isolated["shell"])
+        rest = probes["few"] - m * (out["shell"] + k * t_base) - sum(comb[:m])
+    else:  # every cell is fused: shell and backbone cannot be told apart; split as isolated
+        cells = probes[BASE_OP] - n * k * t_base - sum(comb)
+        w = n * isolated["shell"] / (n * isolated["shell"] + isolated["backbone"])
+        out["shell"], rest = w * cells / n, (1 - w) * cells
+    out["backbone"] = max(rest, 0.01 * isolated["backbone"])
+    return out, {"probe_nets_ms": {k_: round(v, 3) for k_, v in probes.items()}}
+
+
 def build_model(space: SearchSpace, target: Target | None = None, hr_size: tuple[int, int] = HR_SIZE,
-                timer: Timer | None = None, progress: bool = True, correction: bool = True) -> LatencyModel:
+                timer: Timer | None = None, progress: bool = True, correction: bool = True,
+                method: str = "in_context") -> LatencyModel:
     """Time every part of ``space`` on ``target`` (a progress bar on stderr), then fit the correction."""
+    if method not in METHODS:
+        raise LatencyError(f"latency table method: expected one of {METHODS}, got '{method}'")
     target = (target or Target()).resolved()
     timer = timer or DEFAULT_TIMER
     key = target_key(space, target, hr_size)
@@ -366,16 +429,22 @@ def build_model(space: SearchSpace, target: Target | None = None, hr_size: tuple
     t0 = time.perf_counter()
     parts = parts_of(space)
     samples = _correction_genotypes(space) if correction else []
-    bar = tqdm(total=len(parts) + len(samples), desc=f"latency table ×{space.scale}", unit="part",
+    probes = (len(OPS) + (space.cells > space.fusion_cells)) if method == "in_context" else 0
+    bar = tqdm(total=len(parts) + probes + len(samples), desc=f"latency table ×{space.scale}", unit="part",
                disable=not progress, leave=False)
-    parts_ms: dict[str, float] = {}
+    isolated: dict[str, float] = {}
     try:
         torch.manual_seed(0)
         for part in parts:
             bar.set_postfix_str(part.name)
             x = torch.rand(1, part.in_channels, h, w)
-            parts_ms[part.name] = 1e3 * timer(part.name, part.build(), x, target)
+            isolated[part.name] = 1e3 * timer(part.name, part.build(), x, target)
             bar.update()
+        extra: dict[str, Any] = {"method": method, "isolated_ms": {k: round(v, 3) for k, v in isolated.items()}}
+        parts_ms = isolated
+        if method == "in_context":
+            parts_ms, more = _in_context(space, isolated, lambda g: measure_genotype(g, target, hr_size, timer), bar)
+            extra.update(more)
         model = LatencyModel(key, parts_ms)
         sums, measured = [], []
         for g in samples:
@@ -386,6 +455,7 @@ def build_model(space: SearchSpace, target: Target | None = None, hr_size: tuple
     finally:
         bar.close()
     model.factor, model.fit = fit_correction(sums, measured)
+    model.fit.update(extra)
     model.build_seconds = round(time.perf_counter() - t0, 2)
     return model
 

@@ -399,7 +399,8 @@ class Searcher(Run):
         else:
             geno = derive(self.model, self.cfg.space)
             argmax_macs, swaps = cost.count(geno, HR_SIZE).macs, []
-        return SearchResult(geno, self.run_dir, val, self.data.bicubic_psnr(), self.history, argmax_macs, swaps, argmax_ms)
+        return SearchResult(geno, self.run_dir, val, self.data.bicubic_psnr(), self.history, argmax_macs=argmax_macs,
+                            swaps=swaps, argmax_latency_ms=argmax_ms)
 
     # -- validation and logging -----------------------------------------------------------------
     @torch.no_grad()

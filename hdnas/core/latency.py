@@ -4,14 +4,19 @@ What is timed
 -------------
 Every part of a derived net at the size it runs at (batch 1, LR = 1280×720 // scale, the space's
 width): each candidate op of the registry (:mod:`hdnas.core.ops`), the cell shell (distillation
-1×1s, the per-step residual add and LeakyReLU, the last 3×3, the cell's 1×1 fusion and ESA: a
-:class:`~hdnas.core.blocks.DistillCell` whose ops are identities), the input combination of a
-cell with n > 1 inputs (concatenation + 1×1), and the backbone (mean shift, stem, the final fusion's
-concatenation + 1×1 + LeakyReLU, body conv + long skip, upsampler with its bicubic skip and pixel
-shuffle). The table has the shape of the Multi-Adds table (:class:`hdnas.core.cost.CostTable`), so
-a genotype's prediction is the same sum and the expected latency under softmax(α, β) is
-:func:`hdnas.core.cost.expected_cost` of it: differentiable, and equal to the table sum at one-hot
-α/β.
+1×1s, the per-step residual add and LeakyReLU, the last 3×3, the cell's 1×1 fusion and ESA), the input
+combination of a cell with n > 1 inputs (concatenation + 1×1), and the backbone (mean shift, stem, the
+final fusion's concatenation + 1×1 + LeakyReLU, body conv + long skip, upsampler with its bicubic skip
+and pixel shuffle).
+
+Each part is first timed alone as a module. Alone, the memory-bound parts (depthwise convs, the
+shell's element-wise work) ran 1.3–1.9× slower on this CPU than inside a net, and by a varying amount,
+so the default (``method="in_context"``) times ops, shell and backbone *inside* whole probe nets: one
+net per op with that op at every step of every live cell, and one with fewer live cells; differences
+between them give each op, the shell and the backbone (:func:`_in_context`). The table has the shape of
+the Multi-Adds table (:class:`hdnas.core.cost.CostTable`), so a genotype's prediction is the same sum
+and the expected latency under softmax(α, β) is :func:`hdnas.core.cost.expected_cost` of it:
+differentiable, and equal to the table sum at one-hot α/β.
 
 Correction
 ----------

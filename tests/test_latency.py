@@ -150,7 +150,7 @@ def test_latency_budget_reaches_the_architect(tmp_path):
         Searcher(cfg, progress=False, log=False)
 
 
-def test_latency_search_derives_within_the_latency_band(tmp_path):
+def test_latency_search_records_its_budget_and_prediction(tmp_path):
     from test_search import make_images, tiny_overrides
 
     from hdnas.search.engine import run_search, load_search_config

@@ -197,7 +197,7 @@ def compare_at_equal_steps(cfg: LatencyBenchConfig, target: latency.Target, log:
                                        lr=q.lr, threads=cfg.threads, steps=cfg.compare_steps)
         res = {n: evaluate_model(net, ds) for n, ds in sets.items()}
         measured = latency.measure_genotype(g, target, cfg.hr_size)
-        rec = {"key": f"compare|{_shown(Path(path))}", "kind": "compare", "name": _shown(Path(path)), "scale": g.scale,
+        rec = {"key": f"compare|{cfg.compare_steps}|{_shown(Path(path))}", "kind": "compare", "name": _shown(Path(path)), "scale": g.scale,
                "macs": count(g).macs, "measured_ms": round(measured, 3), "steps": stats.steps,
                "train_seconds": stats.seconds, "batch": q.batch, "patch": q.patch, "lr": q.lr,
                "latency_budget_ms": (g.provenance or {}).get("latency_budget_ms"),

@@ -15,7 +15,7 @@ import pytest
 from conftest import load_tool
 
 from hdnas.core.errors import ConfigError
-from hdnas.core.genotype import FORMAT_VERSION, CellGenotype, Genotype, load_genotype, scale_from_filename
+from hdnas.core.genotype import PLAIN_VERSION, CellGenotype, Genotype, load_genotype, scale_from_filename
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def test_round_trip_keeps_provenance_strings_verbatim(tmp_path):
 def test_json_is_self_describing_and_readable():
     text = make().to_json()
     data = json.loads(text)
-    assert data["format"] == {"name": "hdnas-genotype", "version": FORMAT_VERSION}
+    assert data["format"] == {"name": "hdnas-genotype", "version": PLAIN_VERSION}  # no widths: version 1
     assert data["steps"] == 3 and data["esa"] is True and data["upsampler"] == "pixelshuffle"
     assert '"ops": ["conv_3x3", "sep_conv_5x5", "dil_conv_3x3"]' in text  # one line per cell: diffs read well
 
@@ -204,7 +204,7 @@ def test_missing_required_field(tmp_path, missing):
     assert "missing" in msg
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", None])
+@pytest.mark.parametrize("version", [3, 0, "1", None, True])
 def test_unknown_format_version(tmp_path, version):
     data = good_dict()
     data["format"]["version"] = version

@@ -27,7 +27,7 @@ def _name(j: int) -> str:
 def print_text(info: dict[str, Any]) -> None:
     from hdnas.core.config import format_count
     from hdnas.core.ops import OPS
-    from hdnas.core.summary import provenance_line
+    from hdnas.core.summary import provenance_line, widths_text
 
     (hh, hw), (lh, lw) = info["hr_size"], info["lr_size"]
     print(f"genotype   {info['file']}")
@@ -45,6 +45,8 @@ def print_text(info: dict[str, Any]) -> None:
     if "latency_ms" in info:
         print(f"latency    {info['latency_ms']:.1f} ms predicted ({info['latency_target']}; "
               f"sum of parts {info['latency_ms_sum_of_parts']:.1f} ms)")
+    elif "latency_skipped" in info:
+        print(f"latency    not predicted: {info['latency_skipped']}")
     print(f"{'cells':<6}{'Multi-Adds':>10} {'params':>7}")
     width = max(len(", ".join(map(_name, c["inputs"]))) for c in info["cells"])
     for c in info["cells"]:
@@ -53,7 +55,10 @@ def print_text(info: dict[str, Any]) -> None:
         state = f"{format_count(part['macs']):>10} {format_count(part['params']):>7}" if part else f"{'dead':>18}"
         inputs = ", ".join(map(_name, c["inputs"]))
         print(f"  {c['cell']:>2}  {state}  in: {inputs:<{width}}  ops: {ops}")
-    print(f"fusion     {', '.join(map(_name, info['fusion']))}")
+        if "widths" in c:
+            print(f"{'':<26}widths: {widths_text(c['widths'])}")
+    fusion_width = f"   width {info['fusion_width']}" if "fusion_width" in info else ""
+    print(f"fusion     {', '.join(map(_name, info['fusion']))}{fusion_width}")
     dead = info["dead_cells"]
     print(f"live cells {', '.join(map(str, info['live_cells']))}" + (f"   dead (not built): {', '.join(map(str, dead))}"
                                                                     if dead else "   dead: none"))

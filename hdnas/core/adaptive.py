@@ -44,7 +44,7 @@ from hdnas.core.config import ConfigError
 from hdnas.core.cost import count
 from hdnas.core.genotype import Genotype
 from hdnas.core.network import DerivedNet
-from hdnas.core.ops import conv_macs, get_op
+from hdnas.core.ops import conv_macs, get_op, op_macs
 
 __all__ = [
     "AdaptiveConfig", "DepthAdapter", "AdaptiveNet", "DepthCost", "cost_at_depth",
@@ -286,10 +286,12 @@ def cost_at_depth(net: AdaptiveNet, depth_map: torch.Tensor) -> DepthCost:
     h, w = depth_map.shape[-2:]
     s, c, t = g.scale, g.channels, net.cfg.tile
     plain = count(g, hr_size=(h * s, w * s)).macs
-    full_units = sum(get_op(op).macs(c, c, h, w) for i in net.live for op in g.cells[i - 1].ops)
+    mids = {i: g.cell_widths(i).ops for i in net.live}  # a pruned genotype's internal op widths
+    full_units = sum(op_macs(op, c, c, h, w, mid) for i in net.live for op, mid in zip(g.cells[i - 1].ops, mids[i]))
     units = []
     for pos, i in enumerate(net.live):
         for k, op in enumerate(g.cells[i - 1].ops):
+            mid = mids[i][k]
             gi, u = net.unit(pos, k)
             gate = (depth_map[:, gi:gi + 1] - u).clamp(0, 1)
             n = int(active_tiles(gate, t).sum())
@@ -297,9 +299,9 @@ def cost_at_depth(net: AdaptiveNet, depth_map: torch.Tensor) -> DepthCost:
             if n == 0:
                 units.append(0)
             elif _use_tiles(n, t, r, h, w, 1):
-                units.append(n * get_op(op).macs(c, c, t + 2 * r, t + 2 * r) + n * c * t * t)
+                units.append(n * op_macs(op, c, c, t + 2 * r, t + 2 * r, mid) + n * c * t * t)
             else:
-                units.append(get_op(op).macs(c, c, h, w) + c * h * w)
+                units.append(op_macs(op, c, c, h, w, mid) + c * h * w)
     adapter = net.adapter.macs(h, w)
     dense = plain - full_units
     return DepthCost(macs=dense + adapter + sum(units), dense=dense, adapter=adapter, units=units,

@@ -59,12 +59,14 @@ def esa_sizes(h: int, w: int) -> tuple[tuple[int, int], tuple[int, int], tuple[i
 class ESA(nn.Module):
     """Enhanced spatial attention (RFDN): a cheap, strongly downsampled mask that gates x.
 
-    f = C/4 channels inside; the mask is computed at ~1/6 resolution and bilinearly upsampled.
+    f channels inside (default C/4; a pruned genotype records its own); the mask is computed at ~1/6
+    resolution and bilinearly upsampled.
     """
 
-    def __init__(self, c: int):
+    def __init__(self, c: int, f: int | None = None):
         super().__init__()
-        f = c // 4
+        f = c // 4 if f is None else f
+        self.width = f
         self.reduce = conv1x1(c, f)
         self.down = conv3x3(f, f, stride=2, padding=0)
         self.conv_max = conv3x3(f, f)
@@ -94,19 +96,28 @@ class DistillCell(nn.Module):
     Step k: d_k = lrelu(1×1(x_{k-1}): C -> C/2), x_k = lrelu(op_k(x_{k-1}) + x_{k-1});
     then d_{K+1} = lrelu(3×3(x_K): C -> C/2); output = ESA(1×1(concat d_1..d_{K+1}) -> C).
     ``forward(x, weights)`` passes ``weights[k]`` to op k when given (mixed ops), else calls op(x).
+
+    Widths: ``distill`` (one per step, default C/2 each), ``last`` (default C/2) and ``esa_width``
+    (default C/4) are the free widths of the shell, which a pruned genotype sets; the trunk (every
+    x_k and the output) stays C, since the residuals add it to itself.
     """
 
-    def __init__(self, ops: Sequence[nn.Module], c: int, esa: bool = True):
+    def __init__(self, ops: Sequence[nn.Module], c: int, esa: bool = True, distill: Sequence[int] | None = None,
+                 last: int | None = None, esa_width: int | None = None):
         super().__init__()
         if c % 4:
             raise ValueError(f"cell width must be a multiple of 4, got {c}")
         k = len(ops)
+        distill = [c // 2] * k if distill is None else list(distill)
+        if len(distill) != k:
+            raise ValueError(f"distill widths: expected {k} (one per step), got {len(distill)}")
+        last = c // 2 if last is None else last
         self.channels = c
         self.ops = nn.ModuleList(ops)
-        self.distill = nn.ModuleList(conv1x1(c, c // 2) for _ in range(k))
-        self.last = conv3x3(c, c // 2)
-        self.fuse = conv1x1((k + 1) * (c // 2), c)
-        self.esa = ESA(c) if esa else None
+        self.distill = nn.ModuleList(conv1x1(c, d) for d in distill)
+        self.last = conv3x3(c, last)
+        self.fuse = conv1x1(sum(distill) + last, c)
+        self.esa = ESA(c, esa_width) if esa else None
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None,
                 step: Callable[[int, nn.Module, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:

@@ -21,6 +21,10 @@ Relation to fvcore: fvcore counts exactly the convolutions and the bilinear upsa
 ``count(g).macs == fvcore_macs(DerivedNet(g)) + count(g).extras`` with
 ``extras = (live cells with ESA) · C · H · W`` — the ESA gates. This identity is tested.
 
+Pruned genotypes (per-layer widths, :mod:`hdnas.core.genotype`) are counted at their widths: the
+distillation convs, the last 3×3, ESA's inner convs, the ops' internal widths and the network fusion,
+by the same formulas; the identity with fvcore holds for them too.
+
 The search penalty :func:`expected_macs` uses the same numbers, weighted by α-probabilities and by
 a β-dependent probability that each cell is live; at indicator probabilities it equals
 :func:`count` of the derived net exactly.
@@ -37,8 +41,8 @@ import torch.nn as nn
 
 from hdnas.core.blocks import esa_sizes
 from hdnas.core.config import format_count
-from hdnas.core.genotype import Genotype
-from hdnas.core.ops import conv_macs, conv_params, get_op
+from hdnas.core.genotype import CellWidths, Genotype
+from hdnas.core.ops import conv_macs, conv_params, get_op, op_macs, op_params
 from hdnas.core.space import ArchProbs, SearchSpace
 
 HR_SIZE: tuple[int, int] = (720, 1280)  # (height, width) of the reference HR output
@@ -73,9 +77,10 @@ class CostReport:
 
 
 # -- fixed parts ----------------------------------------------------------------------------------
-def esa_cost(c: int, h: int, w: int) -> tuple[int, int, int]:
-    """(Multi-Adds as fvcore counts them, params, extra Multi-Adds of the gate) of one ESA."""
-    f = c // 4
+def esa_cost(c: int, h: int, w: int, f: int | None = None) -> tuple[int, int, int]:
+    """(Multi-Adds as fvcore counts them, params, extra Multi-Adds of the gate) of one ESA of inner width
+    ``f`` (default C/4)."""
+    f = c // 4 if f is None else f
     (h1, w1), _, (hp, wp) = esa_sizes(h, w)
     macs = (
         conv_macs(c, f, 1, h, w)  # reduce
@@ -89,14 +94,18 @@ def esa_cost(c: int, h: int, w: int) -> tuple[int, int, int]:
     return macs, params, c * h * w
 
 
-def cell_shell_cost(c: int, steps: int, esa: bool, h: int, w: int) -> tuple[int, int, int]:
-    """(Multi-Adds, params, extras) of one cell without its searched ops and input combination."""
-    half = c // 2
-    macs = steps * conv_macs(c, half, 1, h, w) + conv_macs(c, half, 3, h, w) + conv_macs((steps + 1) * half, c, 1, h, w)
-    params = steps * conv_params(c, half, 1) + conv_params(c, half, 3) + conv_params((steps + 1) * half, c, 1)
+def cell_shell_cost(c: int, steps: int, esa: bool, h: int, w: int, widths: CellWidths | None = None
+                    ) -> tuple[int, int, int]:
+    """(Multi-Adds, params, extras) of one cell without its searched ops and input combination;
+    ``widths``: a pruned cell's (its ``ops`` entries are not read here), default C/2, C/2, C/4."""
+    distill = [c // 2] * steps if widths is None else widths.distill
+    last = c // 2 if widths is None else widths.last
+    cat = sum(distill) + last
+    macs = sum(conv_macs(c, d, 1, h, w) for d in distill) + conv_macs(c, last, 3, h, w) + conv_macs(cat, c, 1, h, w)
+    params = sum(conv_params(c, d, 1) for d in distill) + conv_params(c, last, 3) + conv_params(cat, c, 1)
     extras = 0
     if esa:
-        e_macs, e_params, extras = esa_cost(c, h, w)
+        e_macs, e_params, extras = esa_cost(c, h, w, None if widths is None else widths.esa)
         macs += e_macs + extras
         params += e_params
     return macs, params, extras
@@ -109,14 +118,17 @@ def combine_cost(n_inputs: int, c: int, h: int, w: int) -> tuple[int, int]:
     return conv_macs(n_inputs * c, c, 1, h, w), conv_params(n_inputs * c, c, 1)
 
 
-def backbone_costs(c: int, scale: int, fused: int, h: int, w: int, upsampler: str = "pixelshuffle") -> dict[str, PartCost]:
-    """Stem, fusion (``fused`` cells -> C), body conv and upsampler conv (+ the fixed bicubic-skip conv)."""
+def backbone_costs(c: int, scale: int, fused: int, h: int, w: int, upsampler: str = "pixelshuffle",
+                   fusion_width: int | None = None) -> dict[str, PartCost]:
+    """Stem, fusion (``fused`` cells -> ``fusion_width``, default C), body conv and upsampler conv (+ the
+    fixed bicubic-skip conv)."""
     s2 = 3 * scale * scale
     skip = conv_macs(3, s2, 5, h, w, groups=3) if upsampler == "pixelshuffle_bicubic" else 0
+    f = c if fusion_width is None else fusion_width
     return {
         "stem": PartCost(conv_macs(3, c, 3, h, w), conv_params(3, c, 3)),
-        "fusion": PartCost(conv_macs(fused * c, c, 1, h, w), conv_params(fused * c, c, 1)),
-        "body": PartCost(conv_macs(c, c, 3, h, w), conv_params(c, c, 3)),
+        "fusion": PartCost(conv_macs(fused * c, f, 1, h, w), conv_params(fused * c, f, 1)),
+        "body": PartCost(conv_macs(f, c, 3, h, w), conv_params(f, c, 3)),
         "upsampler": PartCost(conv_macs(c, s2, 3, h, w) + skip, conv_params(c, s2, 3)),
     }
 
@@ -126,17 +138,17 @@ def count(genotype: Genotype, hr_size: tuple[int, int] = HR_SIZE) -> CostReport:
     """Exact Multi-Adds (at LR = hr_size // scale) and parameters of ``DerivedNet(genotype)``."""
     h, w = lr_size_for(genotype.scale, hr_size)
     c = genotype.channels
-    parts = backbone_costs(c, genotype.scale, len(genotype.fusion), h, w, genotype.upsampler)
+    parts = backbone_costs(c, genotype.scale, len(genotype.fusion), h, w, genotype.upsampler, genotype.fusion_width)
     extras = 0
     for i in genotype.live_cells():
         cell = genotype.cells[i - 1]
-        shell_macs, shell_params, gate = cell_shell_cost(c, len(cell.ops), genotype.esa, h, w)
+        widths = genotype.cell_widths(i)
+        shell_macs, shell_params, gate = cell_shell_cost(c, len(cell.ops), genotype.esa, h, w, widths)
         part = PartCost(shell_macs, shell_params)
         extras += gate
         part.add(*combine_cost(len(cell.inputs), c, h, w))
-        for name in cell.ops:
-            spec = get_op(name)
-            part.add(spec.macs(c, c, h, w), spec.params(c, c))
+        for name, mid in zip(cell.ops, widths.ops):
+            part.add(op_macs(name, c, c, h, w, mid), op_params(name, c, c, mid))
         parts[f"cell{i}"] = part
     order = ["stem"] + [k for k in parts if k.startswith("cell")] + ["fusion", "body", "upsampler"]
     parts = {k: parts[k] for k in order}

@@ -3,6 +3,28 @@
 The JSON is meant to be read, diffed and hand-edited, so loading validates every field and names
 the one at fault (``cells[2].inputs[0]``) instead of failing later inside a network constructor.
 Node numbering used throughout: output 0 is the stem, output i (1..N) is cell i.
+
+Widths (format version 2)
+-------------------------
+Compression prunes channels, so a genotype may record the width of every conv whose output width is
+free. Which are free follows from the architecture:
+
+* **Tied** (never recorded): the trunk. Each refinement step is ``x_k = lrelu(op_k(x_{k-1}) + x_{k-1})``,
+  so every op's output and every x_k has the cell's input width; the cell output (ESA's gate on the
+  fusion 1×1) feeds later cells' residuals, the input combinations and the network fusion; the stem
+  feeds the long skip, which adds it to the body conv's output. All of them are ``channels`` (C).
+* **Free** (recorded per cell, ``cells[i].widths``): ``distill`` — each step's distillation 1×1 output
+  (default C/2), read only by the cell's concat; ``last`` — the last 3×3's output (default C/2), same;
+  ``esa`` — ESA's inner width f (default C/4): its reduce 1×1 and every conv after it up to the expand
+  1×1 (``c3 + conv_f(c1_)`` ties the branches to one f); ``ops`` — per step, the internal width of an
+  op that has one (:mod:`hdnas.core.ops`: only the separable conv's, between its first pointwise and
+  second depthwise conv, default C), ``null`` for the others.
+* **Free** (network level, ``fusion_width``): the network fusion 1×1's output (default C), read only by
+  the body conv.
+
+Absent widths mean the defaults, so a version-1 file is a version-2 genotype without widths. Saving
+writes version 1 when no width is recorded (byte-identical to before) and version 2 otherwise;
+loading reads both. Every width is an integer from 1 to its unpruned (default) width.
 """
 
 from __future__ import annotations
@@ -24,10 +46,36 @@ from hdnas.core.ops import OPS
 from hdnas.core.space import SCALES, UPSAMPLERS
 
 FORMAT_NAME = "hdnas-genotype"
-FORMAT_VERSION = 1
+#: The newest format (per-layer widths); files without widths are still written as version 1.
+FORMAT_VERSION = 2
+PLAIN_VERSION = 1
+READ_VERSIONS = (1, 2)
 #: Widest channel count a genotype may ask for. Lightweight SR nets use 32-64 (EDSR, a heavy net,
 #: 256); 512 keeps a mistyped width from building a net of many GB before anything can stop it.
 MAX_CHANNELS = 512
+
+
+@dataclass
+class CellWidths:
+    """The free widths of one cell (module docstring, "Widths"); ``esa`` is None without ESA, an
+    ``ops`` entry None for an op without an internal width."""
+
+    distill: list[int]
+    last: int
+    esa: int | None
+    ops: list[int | None]
+
+    @classmethod
+    def default(cls, channels: int, ops: list[str], esa: bool) -> "CellWidths":
+        return cls(distill=[channels // 2] * len(ops), last=channels // 2, esa=channels // 4 if esa else None,
+                   ops=[channels if OPS[o].mid_width else None for o in ops])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"distill": list(self.distill), "last": self.last, "esa": self.esa, "ops": list(self.ops)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CellWidths":
+        return cls(distill=list(data["distill"]), last=data["last"], esa=data.get("esa"), ops=list(data["ops"]))
 
 
 @dataclass
@@ -36,6 +84,7 @@ class CellGenotype:
 
     ops: list[str]
     inputs: list[int]  # earlier outputs (0 = stem, j = cell j); more than one -> 1×1 conv over their concat
+    widths: CellWidths | None = None  # pruned widths (format version 2); None: the defaults
 
 
 @dataclass
@@ -47,10 +96,30 @@ class Genotype:
     esa: bool = True
     upsampler: str = "pixelshuffle"
     provenance: dict[str, Any] = field(default_factory=dict)
+    fusion_width: int | None = None  # the network fusion 1×1's output width (version 2); None: channels
 
     @property
     def steps(self) -> int:
         return len(self.cells[0].ops) if self.cells else 0
+
+    @property
+    def has_widths(self) -> bool:
+        """Whether any width is recorded (then the genotype is saved as format version 2)."""
+        return self.fusion_width is not None or any(c.widths is not None for c in self.cells)
+
+    def width_fields(self) -> list[str]:
+        """The JSON fields that record widths, e.g. ``["cells[1].widths", "fusion_width"]``."""
+        names = [f"cells[{i}].widths" for i, c in enumerate(self.cells) if c.widths is not None]
+        return names + (["fusion_width"] if self.fusion_width is not None else [])
+
+    def cell_widths(self, i: int) -> CellWidths:
+        """The widths of cell ``i`` (1-based): the recorded ones, else the defaults."""
+        cell = self.cells[i - 1]
+        return cell.widths if cell.widths is not None else CellWidths.default(self.channels, cell.ops, self.esa)
+
+    @property
+    def fusion_channels(self) -> int:
+        return self.channels if self.fusion_width is None else self.fusion_width
 
     def live_cells(self) -> list[int]:
         """Cells whose output reaches the fusion (a path in :meth:`graph`); the others are dead code a
@@ -85,17 +154,21 @@ class Genotype:
         validate_dict(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": {"name": FORMAT_NAME, "version": FORMAT_VERSION},
+        """The JSON form: version 1 without widths (as before widths existed), version 2 with them."""
+        data: dict[str, Any] = {
+            "format": {"name": FORMAT_NAME, "version": FORMAT_VERSION if self.has_widths else PLAIN_VERSION},
             "scale": self.scale,
             "channels": self.channels,
             "steps": self.steps,
             "esa": self.esa,
             "upsampler": self.upsampler,
-            "cells": [{"ops": list(c.ops), "inputs": list(c.inputs)} for c in self.cells],
+            "cells": [_cell_dict(c) for c in self.cells],
             "fusion": list(self.fusion),
-            "provenance": self.provenance,
         }
+        if self.fusion_width is not None:
+            data["fusion_width"] = self.fusion_width
+        data["provenance"] = self.provenance
+        return data
 
     @classmethod
     def from_dict(cls, data: Any, expected_scale: int | None = None) -> "Genotype":
@@ -103,11 +176,14 @@ class Genotype:
         return cls(
             scale=data["scale"],
             channels=data["channels"],
-            cells=[CellGenotype(ops=list(c["ops"]), inputs=list(c["inputs"])) for c in data["cells"]],
+            cells=[CellGenotype(ops=list(c["ops"]), inputs=list(c["inputs"]),
+                                widths=CellWidths.from_dict(c["widths"]) if "widths" in c else None)
+                   for c in data["cells"]],
             fusion=list(data["fusion"]),
             esa=data.get("esa", True),
             upsampler=data.get("upsampler", "pixelshuffle"),
             provenance=dict(data.get("provenance", {})),
+            fusion_width=data.get("fusion_width"),
         )
 
     def to_json(self) -> str:
@@ -122,6 +198,13 @@ class Genotype:
         atomic_write_text(path, self.to_json() + "\n")
         return path
 
+
+
+def _cell_dict(cell: CellGenotype) -> dict[str, Any]:
+    data: dict[str, Any] = {"ops": list(cell.ops), "inputs": list(cell.inputs)}
+    if cell.widths is not None:
+        data["widths"] = cell.widths.to_dict()
+    return data
 
 
 # -- the network as a graph (networkx); cached on the wiring, since genotypes are tiny and asked often --
@@ -190,10 +273,11 @@ def validate_dict(data: Any, expected_scale: int | None = None) -> None:
     fmt = _require(data, "format", dict)
     if fmt.get("name") != FORMAT_NAME:
         raise ConfigError(f"genotype field 'format.name': expected '{FORMAT_NAME}', got {fmt.get('name')!r}")
-    if fmt.get("version") != FORMAT_VERSION:
+    version = fmt.get("version")
+    if isinstance(version, bool) or version not in READ_VERSIONS:
         raise ConfigError(
-            f"genotype field 'format.version': unsupported version {fmt.get('version')!r} "
-            f"(this hdnas reads version {FORMAT_VERSION})"
+            f"genotype field 'format.version': unsupported version {version!r} "
+            f"(this hdnas reads versions {', '.join(map(str, READ_VERSIONS))})"
         )
     scale = _require(data, "scale", int)
     if scale not in SCALES:
@@ -219,7 +303,7 @@ def validate_dict(data: Any, expected_scale: int | None = None) -> None:
         where = f"cells[{i}]"
         if not isinstance(cell, dict):
             raise ConfigError(f"genotype field '{where}': expected an object with 'ops' and 'inputs'")
-        unknown = sorted(set(cell) - {"ops", "inputs"})
+        unknown = sorted(set(cell) - {"ops", "inputs", "widths"})
         if unknown:
             raise ConfigError(f"genotype field '{where}.{unknown[0]}': unknown key")
         ops = _require(cell, "ops", list, where + ".")
@@ -246,6 +330,9 @@ def validate_dict(data: Any, expected_scale: int | None = None) -> None:
                 )
         if len(set(inputs)) != len(inputs):
             raise ConfigError(f"genotype field '{where}.inputs': an input is listed twice")
+        if "widths" in cell:
+            _needs_v2(version, f"{where}.widths")
+            _validate_widths(cell["widths"], f"{where}.widths", channels, ops, data.get("esa", True))
     fusion = _require(data, "fusion", list)
     if not fusion:
         raise ConfigError("genotype field 'fusion': expected at least one cell")
@@ -254,12 +341,64 @@ def validate_dict(data: Any, expected_scale: int | None = None) -> None:
             raise ConfigError(f"genotype field 'fusion[{k}]': expected a cell number 1..{len(cells)}, got {j!r}")
     if len(set(fusion)) != len(fusion):
         raise ConfigError("genotype field 'fusion': a cell is listed twice")
+    if "fusion_width" in data:
+        _needs_v2(version, "fusion_width")
+        _check_width(data["fusion_width"], "fusion_width", channels, "C")
     if "provenance" in data and not isinstance(data["provenance"], dict):
         raise ConfigError("genotype field 'provenance': expected an object")
-    known = {"format", "scale", "channels", "steps", "esa", "upsampler", "cells", "fusion", "provenance"}
+    known = {"format", "scale", "channels", "steps", "esa", "upsampler", "cells", "fusion", "fusion_width",
+             "provenance"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"genotype field '{unknown[0]}': unknown key (known: {', '.join(sorted(known))})")
+
+
+def _needs_v2(version: int, name: str) -> None:
+    if version < FORMAT_VERSION:
+        raise ConfigError(f"genotype field '{name}': widths need format version {FORMAT_VERSION}, "
+                          f"the file says version {version}")
+
+
+def _check_width(value: Any, name: str, full: int, what: str) -> None:
+    """A width is an integer from 1 to its unpruned width ``full`` (``what``: how that is named)."""
+    top = min(full, MAX_CHANNELS)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+        raise ConfigError(f"genotype field '{name}': expected an integer from 1 to {top} "
+                          f"(the unpruned width, {what}), got {value!r}")
+
+
+def _validate_widths(widths: Any, where: str, channels: int, ops: list[str], esa: bool) -> None:
+    """One cell's ``widths`` object (module docstring, "Widths"); every error names its field."""
+    if not isinstance(widths, dict):
+        raise ConfigError(f"genotype field '{where}': expected an object with 'distill', 'last', 'esa' and 'ops'")
+    unknown = sorted(set(widths) - {"distill", "last", "esa", "ops"})
+    if unknown:
+        raise ConfigError(f"genotype field '{where}.{unknown[0]}': unknown key (known: distill, esa, last, ops)")
+    half = channels // 2
+    distill = _require(widths, "distill", list, where + ".")
+    if len(distill) != len(ops):
+        raise ConfigError(f"genotype field '{where}.distill': expected {len(ops)} widths (one per step), "
+                          f"got {len(distill)}")
+    for k, d in enumerate(distill):
+        _check_width(d, f"{where}.distill[{k}]", half, f"C/2 = {half}")
+    if "last" not in widths:
+        raise ConfigError(f"genotype field '{where}.last' is missing")
+    _check_width(widths["last"], f"{where}.last", half, f"C/2 = {half}")
+    if esa:
+        if "esa" not in widths:
+            raise ConfigError(f"genotype field '{where}.esa' is missing")
+        _check_width(widths["esa"], f"{where}.esa", channels // 4, f"C/4 = {channels // 4}")
+    elif widths.get("esa") is not None:
+        raise ConfigError(f"genotype field '{where}.esa': the genotype has no ESA (field 'esa'); expected null")
+    op_widths = _require(widths, "ops", list, where + ".")
+    if len(op_widths) != len(ops):
+        raise ConfigError(f"genotype field '{where}.ops': expected {len(ops)} entries (one per step), "
+                          f"got {len(op_widths)}")
+    for k, (op, m) in enumerate(zip(ops, op_widths)):
+        if OPS[op].mid_width:
+            _check_width(m, f"{where}.ops[{k}]", channels, f"C = {channels}, the internal width of {op}")
+        elif m is not None:
+            raise ConfigError(f"genotype field '{where}.ops[{k}]': {op} has no internal width; expected null, got {m!r}")
 
 
 def scale_from_filename(path: str | os.PathLike) -> int | None:

@@ -279,7 +279,9 @@ class LatencyModel:
             raise LatencyError(f"this latency table was measured for other sizes ({diff})")
 
     def predict(self, genotype: Genotype, corrected: bool = True) -> float:
-        """Predicted latency (ms) of ``DerivedNet(genotype)``: the sum of its parts [× the correction]."""
+        """Predicted latency (ms) of ``DerivedNet(genotype)``: the sum of its parts [× the correction].
+        A pruned genotype is refused (:func:`check_unpruned`)."""
+        check_unpruned(genotype)
         space = space_of(genotype)
         total = self.table(space).total(genotype, space.ops)
         return total * (self.factor if corrected else 1.0)
@@ -292,6 +294,21 @@ class LatencyModel:
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "key": self.key, "parts_ms": self.parts_ms, "factor": self.factor,
                 "fit": self.fit, "build_seconds": self.build_seconds}
+
+
+def check_unpruned(genotype: Genotype) -> None:
+    """Refuse a genotype with per-layer widths: the table holds the times of unpruned parts only.
+
+    Why refuse rather than scale: a narrower conv's time is not its Multi-Adds' share of the full one's
+    (small widths waste vector lanes and memory bandwidth dominates), so any guess would be presented
+    as a measurement. A pruned net is measured whole instead (:func:`measure_genotype`).
+    """
+    if genotype.has_widths:
+        raise LatencyError(
+            f"the latency model cannot predict a pruned genotype (it records widths: {', '.join(genotype.width_fields())}): "
+            "its table times the unpruned ops and cells only; measure the net instead "
+            "(hdnas.core.latency.measure_genotype)"
+        )
 
 
 def space_of(genotype: Genotype) -> SearchSpace:
@@ -508,6 +525,7 @@ def latency_model(space: SearchSpace, target: Target | None = None, hr_size: tup
 def predict_ms(genotype: Genotype, target: Target | None = None, hr_size: tuple[int, int] = HR_SIZE,
                progress: bool = True) -> tuple[float, LatencyModel]:
     """Predicted latency (ms) of a genotype on ``target`` (default: this CPU) and the model behind it."""
+    check_unpruned(genotype)  # before measuring a table it could not use
     model = latency_model(space_of(genotype), target, hr_size, progress=progress)
     return model.predict(genotype), model
 
@@ -539,6 +557,6 @@ def parse_duration_ms(value: Any, field_name: str = "value") -> float:
 
 __all__ = [
     "DEFAULT_TIMER", "LatencyError", "LatencyModel", "Part", "Target", "build_model", "cache_dir", "cache_path",
-    "fit_correction", "latency_model", "measure", "measure_genotype", "parse_duration_ms", "parts_of",
+    "check_unpruned", "fit_correction", "latency_model", "measure", "measure_genotype", "parse_duration_ms", "parts_of",
     "predict_ms", "space_of", "target_key",
 ]

@@ -3,7 +3,8 @@
 Backbone (same as the supernet's): mean shift -> conv 3×3 stem (output 0) -> live cells ->
 1×1 fusion over the fused cells + LeakyReLU -> conv 3×3 + long skip from the stem -> conv 3×3 +
 PixelShuffle -> mean shift back. Dead cells (reaching neither the fusion nor a live cell) are not
-built, so they cost no parameters, no time and no Multi-Adds.
+built, so they cost no parameters, no time and no Multi-Adds. A pruned genotype's widths
+(:mod:`hdnas.core.genotype`, "Widths") build the narrower layers.
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ class DerivedNet(nn.Module):
         self.combine = nn.ModuleDict()  # 1×1 conv over concatenated inputs, for cells with >1 input
         for i in self.live:
             cell = genotype.cells[i - 1]
-            self.cells[f"cell{i}"] = DistillCell([build_op(op, c, c) for op in cell.ops], c, genotype.esa)
+            w = genotype.cell_widths(i)
+            ops = [build_op(op, c, c, mid) for op, mid in zip(cell.ops, w.ops)]
+            self.cells[f"cell{i}"] = DistillCell(ops, c, genotype.esa, distill=w.distill, last=w.last, esa_width=w.esa)
             if len(cell.inputs) > 1:
                 self.combine[f"cell{i}"] = conv1x1(len(cell.inputs) * c, c)
-        self.fusion = conv1x1(len(genotype.fusion) * c, c)
-        self.body = conv3x3(c, c)
+        self.fusion = conv1x1(len(genotype.fusion) * c, genotype.fusion_channels)
+        self.body = conv3x3(genotype.fusion_channels, c)
         self.upsampler = Upsampler(c, genotype.scale, genotype.upsampler)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:

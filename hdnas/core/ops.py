@@ -9,6 +9,14 @@ Conventions: an op maps ``c_in`` to ``c_out`` channels at stride 1 with "same" p
 output has the input's H×W. Multi-Adds count one multiply-accumulate as one, like fvcore's conv
 counter (``c_out · c_in/groups · k² · H·W``); biases, ReLUs and additions are not multiply-adds.
 Candidate ops carry no batch norm: SR networks avoid it.
+
+Internal width: an op made of several convs may have a width of its own between them that neither
+its input nor its output ties down. Of the registered ops only the separable conv has one: the
+output of its first pointwise 1×1 (default ``c_in``), which only its second depthwise conv and last
+pointwise 1×1 read. The dilated conv's depthwise conv keeps its input's channels (groups = c_in),
+and a plain conv is one layer, so neither has one. An op with one sets ``inner`` and its
+``factory``, ``macs`` and ``params`` take it as the keyword ``mid``; compression prunes it and the
+genotype records it (:mod:`hdnas.core.genotype`, "Widths").
 """
 
 from __future__ import annotations
@@ -58,6 +66,17 @@ class BranchLayout:
 
 
 @dataclass(frozen=True)
+class InnerWidth:
+    """Where an op's internal width sits in its ``nn.Sequential``: the conv that produces it (``out``),
+    the depthwise convs that run on it (``depthwise``) and the conv that reads it (``into``). Channel
+    surgery (:mod:`hdnas.core.surgery`) slices these layers when it prunes the width."""
+
+    out: int
+    depthwise: tuple[int, ...]
+    into: int
+
+
+@dataclass(frozen=True)
 class OpSpec:
     """One searchable operation.
 
@@ -67,18 +86,34 @@ class OpSpec:
     tiled inference and AdaDSR's halos rely on; tests check it against the built op's gradient.
     ``layout``: where the fused supernet finds the layers of a ReLU → depthwise → pointwise op; None
     for any other structure (the supernet then runs the op as it is).
+    ``inner``: where the op's free internal width sits (module docstring), None when it has none;
+    call the op through :func:`build_op`, :func:`op_macs` and :func:`op_params`, which pass ``mid``
+    only to such ops.
     """
 
     name: str
-    factory: Callable[[int, int], nn.Module]
-    macs: Callable[[int, int, int, int], int]  # (c_in, c_out, h, w) -> Multi-Adds
-    params: Callable[[int, int], int]  # (c_in, c_out) -> parameters
+    factory: Callable[..., nn.Module]  # (c_in, c_out[, mid=]) -> module
+    macs: Callable[..., int]  # (c_in, c_out, h, w[, mid=]) -> Multi-Adds
+    params: Callable[..., int]  # (c_in, c_out[, mid=]) -> parameters
     label: str
     family: str
     kernel: int
     radius: int
     dilation: int = 1
     layout: BranchLayout | None = None
+    inner: InnerWidth | None = None
+
+    @property
+    def mid_width(self) -> bool:
+        """Whether the op has a free internal width (its builder, macs and params take ``mid=``)."""
+        return self.inner is not None
+
+    def _mid(self, mid: int | None) -> dict[str, int]:
+        if mid is None:
+            return {}
+        if not self.mid_width:
+            raise ValueError(f"operation '{self.name}' has no internal width (asked for {mid})")
+        return {"mid": mid}
 
 
 OPS: dict[str, OpSpec] = {}
@@ -98,22 +133,39 @@ def get_op(name: str) -> OpSpec:
         raise KeyError(f"unknown operation '{name}' (registered: {', '.join(OPS)})") from None
 
 
-def build_op(name: str, c_in: int, c_out: int) -> nn.Module:
-    return get_op(name).factory(c_in, c_out)
+def build_op(name: str, c_in: int, c_out: int, mid: int | None = None) -> nn.Module:
+    """Build op ``name``; ``mid``: its internal width (only for ops with ``mid_width``; None = default)."""
+    spec = get_op(name)
+    return spec.factory(c_in, c_out, **spec._mid(mid))
+
+
+def op_macs(name: str, c_in: int, c_out: int, h: int, w: int, mid: int | None = None) -> int:
+    """Exact Multi-Adds of op ``name`` on an h×w map, at internal width ``mid`` (None = default)."""
+    spec = get_op(name)
+    return spec.macs(c_in, c_out, h, w, **spec._mid(mid))
+
+
+def op_params(name: str, c_in: int, c_out: int, mid: int | None = None) -> int:
+    spec = get_op(name)
+    return spec.params(c_in, c_out, **spec._mid(mid))
 
 
 class SepConv(nn.Sequential):
-    """DARTS separable conv without batch norm: twice (ReLU -> depthwise k×k -> pointwise 1×1)."""
+    """DARTS separable conv without batch norm: twice (ReLU -> depthwise k×k -> pointwise 1×1).
 
-    def __init__(self, c_in: int, c_out: int, k: int):
+    ``mid`` (default ``c_in``): the first pointwise conv's output width, its internal width.
+    """
+
+    def __init__(self, c_in: int, c_out: int, k: int, mid: int | None = None):
         pad = k // 2
+        m = c_in if mid is None else mid
         super().__init__(
             nn.ReLU(inplace=False),
             nn.Conv2d(c_in, c_in, k, padding=pad, groups=c_in, bias=False),
-            nn.Conv2d(c_in, c_in, 1, bias=True),
+            nn.Conv2d(c_in, m, 1, bias=True),
             nn.ReLU(inplace=False),
-            nn.Conv2d(c_in, c_in, k, padding=pad, groups=c_in, bias=False),
-            nn.Conv2d(c_in, c_out, 1, bias=True),
+            nn.Conv2d(m, m, k, padding=pad, groups=m, bias=False),
+            nn.Conv2d(m, c_out, 1, bias=True),
         )
         self.kernel_size = k
 
@@ -148,19 +200,26 @@ def _sep_conv(k: int) -> OpSpec:
     layout = BranchLayout(body=(1, 2, 3, 4), pointwise=5, depthwise=(DepthwiseConv(1, k), DepthwiseConv(4, k)))
     return OpSpec(
         name=f"sep_conv_{k}x{k}",
-        factory=lambda c_in, c_out: SepConv(c_in, c_out, k),
-        macs=lambda c_in, c_out, h, w: (
-            2 * conv_macs(c_in, c_in, k, h, w, groups=c_in) + conv_macs(c_in, c_in, 1, h, w) + conv_macs(c_in, c_out, 1, h, w)
-        ),
-        params=lambda c_in, c_out: (
-            2 * conv_params(c_in, c_in, k, groups=c_in, bias=False) + conv_params(c_in, c_in, 1) + conv_params(c_in, c_out, 1)
-        ),
+        factory=lambda c_in, c_out, mid=None: SepConv(c_in, c_out, k, mid),
+        macs=lambda c_in, c_out, h, w, mid=None: _sep_macs(c_in, c_out, k, h, w, c_in if mid is None else mid),
+        params=lambda c_in, c_out, mid=None: _sep_params(c_in, c_out, k, c_in if mid is None else mid),
         label=f"sep {k}×{k}",
         family="sep",
         kernel=k,
         radius=layout.radius,
         layout=layout,
+        inner=InnerWidth(out=2, depthwise=(4,), into=5),
     )
+
+
+def _sep_macs(c_in: int, c_out: int, k: int, h: int, w: int, m: int) -> int:
+    return (conv_macs(c_in, c_in, k, h, w, groups=c_in) + conv_macs(c_in, m, 1, h, w)
+            + conv_macs(m, m, k, h, w, groups=m) + conv_macs(m, c_out, 1, h, w))
+
+
+def _sep_params(c_in: int, c_out: int, k: int, m: int) -> int:
+    return (conv_params(c_in, c_in, k, groups=c_in, bias=False) + conv_params(c_in, m, 1)
+            + conv_params(m, m, k, groups=m, bias=False) + conv_params(m, c_out, 1))
 
 
 def _dil_conv(k: int, dilation: int = 2) -> OpSpec:

@@ -137,13 +137,15 @@ def _box(title: str, *lines: str, fill: str = _FIXED_FILL) -> dict[str, str]:
 
 
 def distinct_cells(genotype: Genotype) -> list[list[int]]:
-    """Cells (1-based) grouped by identical op lists, in order of first appearance.
+    """Cells (1-based) grouped by identical op lists and widths, in order of first appearance.
 
     Identical cells draw the same, so a 6-cell net with 2 different cells needs 2 cell drawings.
     """
-    groups: dict[tuple[str, ...], list[int]] = {}
+    groups: dict[tuple, list[int]] = {}
     for i, cell in enumerate(genotype.cells, start=1):
-        groups.setdefault(tuple(cell.ops), []).append(i)
+        widths = genotype.cell_widths(i)
+        key = (tuple(cell.ops), tuple(widths.distill), widths.last, widths.esa, tuple(widths.ops))
+        groups.setdefault(key, []).append(i)
     return list(groups.values())
 
 
@@ -154,7 +156,8 @@ def _cells_text(cells: Sequence[int]) -> str:
 def render_cell(genotype: Genotype, i: int) -> graphviz.Digraph:
     """One information-distillation cell (1-based ``i``): refined path, distilled branches, concat, ESA.
 
-    The title lists every cell with the same ops, since one drawing stands for all of them.
+    The title lists every cell with the same ops and widths, since one drawing stands for all of them.
+    A pruned cell's boxes show its widths (distillation, last 3×3, ESA's f, the ops' internal widths).
     """
     genotype.validate()
     n = len(genotype.cells)
@@ -165,10 +168,13 @@ def render_cell(genotype: Genotype, i: int) -> graphviz.Digraph:
     live = set(genotype.live_cells())
     dead = [j for j in group if j not in live]
     all_dead = len(dead) == len(group)
-    c, half, k_steps = genotype.channels, genotype.channels // 2, len(ops)
+    c, k_steps = genotype.channels, len(ops)
+    widths, pruned = genotype.cell_widths(i), genotype.cells[i - 1].widths is not None
 
     g = _digraph(f"cell_{i}", rankdir="TB", nodesep="0.35", ranksep="0.3", newrank="true", ordering="out")
     sub = f"×{genotype.scale} · C = {c} · {k_steps} steps · ESA {'on' if genotype.esa else 'off'}"
+    if pruned:
+        sub += " · pruned widths"
     if dead:
         sub += f" · dead (not built): {', '.join(map(str, dead))}"
     legend = "" if all_dead else _legend(_families_of(ops), names=False)
@@ -188,13 +194,15 @@ def render_cell(genotype: Genotype, i: int) -> graphviz.Digraph:
         fill, stroke = (DEAD_FILL, DEAD_LINE) if all_dead else family_colours(spec.family)
         with g.subgraph() as col:  # stack step k's op and its distilled branch in one column
             col.attr(rank="same")
+            mid = widths.ops[k - 1]
+            inner = f' · inner {mid}' if pruned and mid is not None else ""
             col.node(
                 f"op{k}",
                 f'<<FONT POINT-SIZE="9">step {k}</FONT><BR/><B>{_esc(spec.label)}</B>'
-                f'<BR/><FONT POINT-SIZE="9">{_esc(op)}</FONT>>',
+                f'<BR/><FONT POINT-SIZE="9">{_esc(op)}{inner}</FONT>>',
                 fillcolor=fill, color=stroke, penwidth="2", margin="0.12,0.06",
             )
-            col.node(f"d{k}", **_box(f"1×1 conv → d{k}", f"{c}→{half}, LReLU", fill=d_fill))
+            col.node(f"d{k}", **_box(f"1×1 conv → d{k}", f"{c}→{widths.distill[k - 1]}, LReLU", fill=d_fill))
             col.edge(f"op{k}", f"d{k}", style="invis")  # distilled branches on the right, residuals on the left
         g.node(f"x{k}", f'<<B>+</B> · LReLU<BR/><FONT POINT-SIZE="9">x{k}</FONT>>', fontsize="11",
                margin="0.08,0.03", fillcolor="white")
@@ -206,16 +214,19 @@ def render_cell(genotype: Genotype, i: int) -> graphviz.Digraph:
         g.edge(prev, f"d{k}", weight="1")
         prev = f"x{k}"
     last = k_steps + 1
-    g.node(f"d{last}", **_box(f"3×3 conv → d{last}", f"{c}→{half}, LReLU", fill=d_fill))
+    g.node(f"d{last}", **_box(f"3×3 conv → d{last}", f"{c}→{widths.last}, LReLU", fill=d_fill))
     g.edge(prev, f"d{last}", weight="10")
-    g.node("concat", **_box("concat", f"d1…d{last}: {last}×{half} = {last * half} ch"), shape="box")
+    parts = [*widths.distill, widths.last]
+    total = sum(parts)
+    sizes = f"{last}×{parts[0]}" if len(set(parts)) == 1 else "+".join(map(str, parts))
+    g.node("concat", **_box("concat", f"d1…d{last}: {sizes} = {total} ch"), shape="box")
     for k in range(1, last + 1):
         g.edge(f"d{k}", "concat", label=f"d{k}", fontsize="9")
-    g.node("fuse", **_box("1×1 conv", f"{last * half}→{c}"))
+    g.node("fuse", **_box("1×1 conv", f"{total}→{c}"))
     g.edge("concat", "fuse")
     tail = "fuse"
     if genotype.esa:
-        g.node("esa", **_box("ESA", "spatial attention"))
+        g.node("esa", **_box("ESA", "spatial attention" + (f", f = {widths.esa}" if pruned else "")))
         g.edge("fuse", "esa")
         tail = "esa"
     g.node("out", **_box("cell output", f"{c} ch"))
@@ -279,12 +290,13 @@ def render_network(genotype: Genotype) -> graphviz.Digraph:
         if i - 1 not in inputs:
             g.edge(f"o{i - 1}", f"o{i}", style="invis", weight="8")
     m = len(genotype.fusion)
-    g.node("fusion", **_box("fusion", f"concat {m}×{c} → 1×1 conv {m * c}→{c}", "LReLU"))
+    f = genotype.fusion_channels
+    g.node("fusion", **_box("fusion", f"concat {m}×{c} → 1×1 conv {m * c}→{f}", "LReLU"))
     for j in genotype.fusion:
         g.edge(f"o{j}", "fusion", weight="4" if j == n else "1")
     if n not in genotype.fusion:
         g.edge(f"o{n}", "fusion", style="invis", weight="4")
-    g.node("body", **_box("conv 3×3", f"{c}→{c}"))
+    g.node("body", **_box("conv 3×3", f"{f}→{c}"))
     g.node("add", "+", shape="circle", width="0.35", fixedsize="true", fontsize="16", fillcolor="white")
     bicubic = genotype.upsampler == "pixelshuffle_bicubic"
     up_lines = [f"conv 3×3 {c}→{3 * s * s}"] + (["+ bicubic ×" + str(s) + " of LR"] if bicubic else []) + [f"PixelShuffle({s})"]

@@ -1,5 +1,8 @@
 """What ``tools/summary.py`` reports about a genotype: its structure, exact cost and fvcore's cross-check.
 
+A pruned genotype's widths are reported per cell (``widths``) and ``fusion_width``; its latency is not
+predicted (the model refuses it, ``latency_skipped`` says why).
+
 The cross-check builds and traces the net, so it is skipped, saying why, when the estimated memory
 (:func:`hdnas.core.cost.forward_memory`) exceeds half of what the machine has available.
 """
@@ -31,7 +34,12 @@ def fvcore_check(geno: Genotype, lr_size: tuple[int, int], memory_limit: int | N
 
 
 def latency_info(geno: Genotype, progress: bool = True) -> dict[str, Any]:
-    """The predicted latency (ms) on the default target (this CPU), with and without the correction."""
+    """The predicted latency (ms) on the default target (this CPU), with and without the correction;
+    ``{"latency_skipped": why}`` for a pruned genotype, which the model refuses."""
+    try:
+        latency.check_unpruned(geno)
+    except latency.LatencyError as exc:
+        return {"latency_skipped": str(exc)}
     model = latency.latency_model(latency.space_of(geno), progress=progress)
     return {
         "latency_ms": round(model.predict(geno), 3),
@@ -55,10 +63,12 @@ def summarise(geno: Genotype, path: str, fvcore: bool = True, memory_limit: int 
         "esa": geno.esa,
         "upsampler": geno.upsampler,
         "cells": [
-            {"cell": i, "ops": list(c.ops), "inputs": list(c.inputs), "live": i in live}
+            {"cell": i, "ops": list(c.ops), "inputs": list(c.inputs), "live": i in live,
+             **({"widths": c.widths.to_dict()} if c.widths is not None else {})}
             for i, c in enumerate(geno.cells, start=1)
         ],
         "fusion": list(geno.fusion),
+        **({"fusion_width": geno.fusion_width} if geno.fusion_width is not None else {}),
         "live_cells": live,
         "dead_cells": [i for i in range(1, len(geno.cells) + 1) if i not in live],
         "params": report.params,
@@ -99,3 +109,16 @@ def provenance_line(prov: dict[str, Any]) -> str:
     if prov.get("data"):
         parts.append("data " + " ".join(map(str, prov["data"])))
     return "   ".join(parts)
+
+
+def widths_text(widths: dict[str, Any]) -> str:
+    """One cell's widths (its JSON form) on one line: ``distill 8/16/12 · last 16 · ESA 8 · op widths –/24/–``."""
+    def slash(values: list) -> str:
+        return "/".join("–" if v is None else str(v) for v in values)
+
+    parts = [f"distill {slash(widths['distill'])}", f"last {widths['last']}"]
+    if widths.get("esa") is not None:
+        parts.append(f"ESA {widths['esa']}")
+    if any(v is not None for v in widths["ops"]):
+        parts.append(f"op widths {slash(widths['ops'])}")
+    return " · ".join(parts)

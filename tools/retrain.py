@@ -7,6 +7,7 @@ Examples:
   python tools/retrain.py --genotype derived/x2.json --config search_spaces/retrain_div2k.yaml --data /data/DIV2K
   python tools/retrain.py --genotype derived/x4.json --resume              # continue a killed run
   python tools/retrain.py --genotype derived/x4.json loss.importance.enabled=true teacher.weights=runs/big/best.pt
+  python tools/retrain.py --genotype derived/x4.json reparam.enabled=true   # DIPNet branches, saved folded
   torchrun --nproc_per_node=2 tools/retrain.py --genotype derived/x4.json  # data-parallel, same global batch
 
 Writes best.pt and last.pt (atomic, weights_only-loadable) and TensorBoard logs to --out
@@ -34,7 +35,7 @@ def _list(values: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--genotype", help="genotype JSON to train (or 'genotype' in --config)")
-    p.add_argument("--config", help="run config YAML (sections: data, train, loss, ema, teacher)")
+    p.add_argument("--config", help="run config YAML (sections: data, train, loss, ema, teacher, adaptive, reparam)")
     p.add_argument("--data", nargs="+", metavar="DIR",
                    help="training folders or DIV2K roots (default: built-in sample set)")
     p.add_argument("--val-data", nargs="+", metavar="DIR", help="validation folders (default: the source's val split)")

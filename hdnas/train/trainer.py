@@ -10,6 +10,12 @@ the step, and checkpoints hold everything else that evolves (model, D, both opti
 schedulers, EMA, the importance round and its frozen student, the step), so a run killed and
 resumed ends with the same weights, bit for bit on CPU, as one that never stopped.
 
+Re-parameterisation (``reparam.enabled``, :mod:`hdnas.train.reparam`): the net trains with
+multi-branch convs; checkpoints hold the *folded* plain net in ``model`` and ``ema`` (what
+``load_model``, evaluation and export read, at no inference cost), and the branch weights in
+``reparam`` (with the optimiser state, what resuming needs). Validation scores the folded net, i.e.
+exactly what is saved. The EMA averages the branch weights and is folded when read.
+
 Scale-out: under ``torchrun`` each process takes an equal shard of the global batch and gradients
 are averaged explicitly (``DistContext.all_reduce_mean``) rather than through
 ``DistributedDataParallel``: the step also runs a teacher, a frozen student and the dual model,
@@ -44,6 +50,7 @@ from hdnas.core.weights import CHECKPOINT_FORMAT, genotype_mismatch, load_model
 from hdnas.train.adaptive import depth_loss, sample_depths
 from hdnas.train.dual import DualModel
 from hdnas.train.losses import CompositeLoss, ImportanceLearner, LossConfig, LossInputs
+from hdnas.train.reparam import ReparamConfig, fold, reparameterise
 from hdnas.zoo import build_reference
 
 class TrainError(RunError):
@@ -124,6 +131,7 @@ class RetrainConfig:
     ema: EMAConfig = field(default_factory=EMAConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)  # AdaDSR depth adapter (hdnas.core.adaptive)
+    reparam: ReparamConfig = field(default_factory=ReparamConfig)  # DIPNet branches, folded in checkpoints
 
     def run_name(self, scale: int) -> str:
         if self.name:
@@ -248,6 +256,9 @@ class Trainer(Run):
         fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         self.memory_format = fmt
         net = AdaptiveNet(genotype, cfg.adaptive) if cfg.adaptive.enabled else DerivedNet(genotype)
+        self.reparam = cfg.reparam.enabled
+        if self.reparam:  # after the plain net is built: its k×k weights are the plain run's, seed for seed
+            reparameterise(net, cfg.reparam)
         self.model = net.to(self.device, memory_format=fmt)
         self.adaptive = cfg.adaptive if cfg.adaptive.enabled else None
         self.dual = None
@@ -303,18 +314,27 @@ class Trainer(Run):
     def position(self) -> int:
         return self.step
 
+    def _ema_state(self, folded: bool) -> dict | None:
+        if self.ema is None:
+            return None
+        state = self.ema.state_dict()
+        return {**state, "model": fold(self.ema.model).state_dict()} if folded else state
+
     def loop_state(self) -> dict:
+        folded = self.reparam
         return {
             "genotype": self.genotype.to_dict(),
             "scale": self.scale,
             "step": self.step,
-            "model": self.model.state_dict(),
+            # with reparam: the plain net's folded weights, for load_model; the branches under "reparam"
+            "model": (fold(self.model) if folded else self.model).state_dict(),
+            "reparam": {"model": self.model.state_dict(), "ema": self._ema_state(False)} if folded else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "dual": None if self.dual is None else self.dual.state_dict(),
             "dual_optimizer": None if self.dual_optimizer is None else self.dual_optimizer.state_dict(),
             "dual_scheduler": None if self.dual_scheduler is None else self.dual_scheduler.state_dict(),
-            "ema": None if self.ema is None else self.ema.state_dict(),
+            "ema": self._ema_state(folded),
             "importance": None if self.importance is None else self.importance.state_dict(),
             "adaptive": None if self.adaptive is None else to_dict(self.adaptive),
             "elapsed": self.elapsed,
@@ -329,7 +349,8 @@ class Trainer(Run):
             raise TrainError(f"{where}: {why}")
 
     def load_loop_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        trained = state["reparam"] if self.reparam else state  # the branch weights, not the folded ones
+        self.model.load_state_dict(trained["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.dual is not None:
@@ -337,7 +358,7 @@ class Trainer(Run):
             self.dual_optimizer.load_state_dict(state["dual_optimizer"])
             self.dual_scheduler.load_state_dict(state["dual_scheduler"])
         if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
+            self.ema.load_state_dict(trained["ema"])
         if self.importance is not None:
             self.importance.load_state_dict(state["importance"], self.model)
         self.step = int(state["step"])
@@ -411,8 +432,10 @@ class Trainer(Run):
 
     # -- validation ------------------------------------------------------------------------------
     def eval_model(self) -> nn.Module:
-        """What validation scores and checkpoints call best: the EMA weights when EMA is on."""
-        return self.ema.model if self.ema is not None else self.model
+        """What validation scores and checkpoints call best: the EMA weights when EMA is on; with
+        reparam, those weights folded into the plain net (what the checkpoint holds)."""
+        net = self.ema.model if self.ema is not None else self.model
+        return fold(net).to(memory_format=self.memory_format) if self.reparam else net
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:

@@ -9,6 +9,7 @@ counts toward the time budget, logging failures reported once, and the first run
 from __future__ import annotations
 
 import hashlib
+import json
 import io
 import itertools
 import shutil
@@ -88,6 +89,24 @@ def test_resume_rules_are_one_list_used_by_both_loops(tmp_path, images):
     # ... anything else is an error naming the field
     other = Searcher(load_search_config(None, None, over + ["name=r", "search.w_lr=0.01"]), progress=False, log=False)
     with pytest.raises(SearchError, match="'search.w_lr' was 0.001 in the checkpoint, now 0.01"):
+        other.resume()
+
+
+def test_resume_of_a_checkpoint_older_than_a_config_field(tmp_path, images):
+    """A field added to the config after a checkpoint was written reads as its default there, so the
+    run resumes at the default and names the field when it now differs."""
+    over = tiny_overrides(tmp_path, images, **{"search.epochs": 2, "search.warmup_epochs": 0})
+    s = Searcher(load_search_config(None, None, over + ["name=old"]), progress=False, log=False)
+    s.run(stop_after_epoch=0)
+    state = torch.load(s.ckpt_path, weights_only=True)
+    saved = json.loads(state["config"])
+    del saved["search"]["derive_tolerance"]  # as if written before the field existed
+    state["config"] = json.dumps(saved)
+    torch.save(state, s.ckpt_path)
+    assert Searcher(load_search_config(None, None, over + ["name=old"]), progress=False, log=False).resume()
+    other = Searcher(load_search_config(None, None, over + ["name=old", "search.derive_tolerance=0.2"]),
+                     progress=False, log=False)
+    with pytest.raises(SearchError, match="'search.derive_tolerance' was 0.1 in the checkpoint, now 0.2"):
         other.resume()
 
 

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from hdnas.core.atomic import atomic_write
-from hdnas.core.config import DataConfig, first_difference, to_dict
+from hdnas.core.config import DataConfig, first_difference, merge, to_dict
 from hdnas.core.data import PatchDataset, SRImageSet, build_dataset, find_pairs
 from hdnas.core.distributed import DistContext, resolve_device
 from hdnas.core.errors import DataError, HdnasError
@@ -337,7 +337,9 @@ class Run:
         if state.get("format") != self.checkpoint_format:
             raise self.Error(f"{where}: not an hdnas {self.kind} checkpoint")
         self.check_checkpoint(state, where)
-        diff = first_difference(json.loads(state["config"]), to_dict(self.cfg), ignore=RESUME_FREE)
+        # a field added to the config since the checkpoint was written reads as its default there
+        saved = merge(to_dict(type(self.cfg)()), json.loads(state["config"]))
+        diff = first_difference(saved, to_dict(self.cfg), ignore=RESUME_FREE)
         if diff is not None:
             raise self.Error(f"{where}: --resume with a different config: '{diff[0]}' was {diff[1]!r} in the "
                              f"checkpoint, now {diff[2]!r}")

@@ -55,6 +55,7 @@ class Architect:
         hvp_eps: float = 0.01,
         latency_fn: Callable[[], torch.Tensor] | None = None,
         latency_budget: float | None = None,
+        loss_fn: Callable[[object, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ):
         if order not in (1, 2):
             raise ValueError(f"search.order: expected 1 or 2, got {order}")
@@ -64,6 +65,9 @@ class Architect:
         self.latency_fn = latency_fn  # E[latency] in ms under the current α, β
         self.latency_budget = latency_budget  # ms; penalised like the Multi-Adds budget, beside it or alone
         self.penalty_weight = penalty_weight
+        # the data term from (model output, LR, HR); default L1(model(LR), HR). Channel pruning passes
+        # the dual-regression objective, its model returning (SR, D(SR)).
+        self.loss_fn = loss_fn
         self.order = order
         self.xi = unrolled_lr
         self.w_weight_decay = w_weight_decay
@@ -97,7 +101,7 @@ class Architect:
             sr = self.model(lr)
         else:
             sr = functional_call(self.model, dict(zip(self.weight_names, weights)), (lr,))
-        return F.l1_loss(sr, hr)
+        return F.l1_loss(sr, hr) if self.loss_fn is None else self.loss_fn(sr, lr, hr)
 
     # -- steps --------------------------------------------------------------------------------
     def hypergradient(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor]):

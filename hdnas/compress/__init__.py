@@ -1,0 +1,1 @@
+"""Stage 3: compression of trained nets (DRC channel pruning and its baselines)."""

@@ -8,6 +8,12 @@ one ``TERMS`` entry. Terms:
 * ``l1``: ``mean(w · |SR − HR|)``; ``w`` is the importance map when importance learning is on, else 1.
 * ``dual``: ``L1(D(SR), LR)``, D the dual model of :mod:`hdnas.train.dual` (DRN; default weight 0.1).
 * ``distill``: ``L1(SR, T(LR))`` with T a frozen teacher network.
+* ``feature_distill``: multi-anchor feature distillation (DIPNet, :mod:`hdnas.train.distill`): the mean
+  over anchors of ``L1(A_k(S_k), T_k)``, S_k / T_k the student's / teacher's features after paired
+  cells and A_k a learned 1×1 aligner; use it beside ``distill``, the output term.
+
+The pixel term ``l1`` becomes ``mean(w · (SR − HR)²)`` when a progressive-learning stage asks for L2
+(``LossInputs.pixel``; :class:`hdnas.train.trainer.ProgressiveStage`).
 
 Adaptive importance learning (Zhang et al.) lives here too: :class:`ImportanceLearner`.
 """
@@ -50,6 +56,14 @@ class DistillConfig:
 
 
 @dataclass
+class FeatureDistillConfig:
+    """Multi-anchor feature distillation; needs a teacher with cells (a trained hdnas net, zoo rfdn/imdn_space)."""
+
+    enabled: bool = False
+    weight: float = 0.1  # cell features are larger than pixel errors; 0.1 keeps the output terms leading
+
+
+@dataclass
 class ImportanceConfig:
     """Adaptive importance learning; without a teacher w0 = 1, so every weight is 1 (plain L1)."""
 
@@ -73,13 +87,14 @@ class LossConfig:
     l1: L1Config = field(default_factory=L1Config)
     dual: DualConfig = field(default_factory=DualConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    feature_distill: FeatureDistillConfig = field(default_factory=FeatureDistillConfig)
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)
 
     def validate(self) -> None:
-        for name in ("l1", "dual", "distill"):
+        for name in TERMS:
             if getattr(self, name).weight < 0:
                 raise ConfigError(f"loss.{name}.weight: expected a non-negative number")
-        if not any(getattr(self, n).enabled for n in ("l1", "dual", "distill")):
+        if not any(getattr(self, n).enabled for n in TERMS):
             raise ConfigError("loss: every term is disabled (enable at least loss.l1)")
 
 
@@ -96,6 +111,10 @@ class LossInputs:
     teacher_sr: Optional[torch.Tensor] = None
     importance: Optional[torch.Tensor] = None  # (B, 1, sH, sW) in [0, 1]
     dual: Optional[nn.Module] = None
+    pixel: str = "l1"  # the pixel term's norm: l1 | l2 (progressive learning's last stage)
+    student_features: Optional[list[torch.Tensor]] = None  # at the anchors, before alignment
+    teacher_features: Optional[list[torch.Tensor]] = None
+    aligners: Optional[nn.Module] = None  # student features -> teacher channels (hdnas.train.distill.Aligners)
 
 
 def weighted_l1(sr: torch.Tensor, hr: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -109,8 +128,21 @@ def weighted_l1(sr: torch.Tensor, hr: torch.Tensor, weights: torch.Tensor | None
     return (weights * (sr - hr).abs()).mean()
 
 
+def weighted_l2(sr: torch.Tensor, hr: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``mean(w · (sr − hr)²)``, the MSE counterpart of :func:`weighted_l1`."""
+    if weights is None:
+        return F.mse_loss(sr, hr)
+    return (weights * (sr - hr).square()).mean()
+
+
+PIXEL_LOSSES: dict[str, Callable[..., torch.Tensor]] = {"l1": weighted_l1, "l2": weighted_l2}
+
+
 def l1_term(x: LossInputs) -> torch.Tensor:
-    return weighted_l1(x.sr, x.hr, x.importance)
+    """The pixel term: weighted L1, or weighted L2 when ``x.pixel == "l2"``."""
+    if x.pixel not in PIXEL_LOSSES:
+        raise ValueError(f"unknown pixel loss '{x.pixel}' (known: {', '.join(PIXEL_LOSSES)})")
+    return PIXEL_LOSSES[x.pixel](x.sr, x.hr, x.importance)
 
 
 def dual_term(x: LossInputs) -> torch.Tensor:
@@ -125,7 +157,19 @@ def distill_term(x: LossInputs) -> torch.Tensor:
     return F.l1_loss(x.sr, x.teacher_sr)
 
 
-TERMS: dict[str, Callable[[LossInputs], torch.Tensor]] = {"l1": l1_term, "dual": dual_term, "distill": distill_term}
+def feature_distill_term(x: LossInputs) -> torch.Tensor:
+    if x.student_features is None or x.teacher_features is None or x.aligners is None:
+        raise ValueError("loss term 'feature_distill' needs student and teacher features and the aligners")
+    aligned = x.aligners(x.student_features)
+    return sum(F.l1_loss(s, t) for s, t in zip(aligned, x.teacher_features)) / len(aligned)
+
+
+TERMS: dict[str, Callable[[LossInputs], torch.Tensor]] = {
+    "l1": l1_term,
+    "dual": dual_term,
+    "distill": distill_term,
+    "feature_distill": feature_distill_term,
+}
 
 
 class CompositeLoss:

@@ -16,6 +16,16 @@ multi-branch convs; checkpoints hold the *folded* plain net in ``model`` and ``e
 ``reparam`` (with the optimiser state, what resuming needs). Validation scores the folded net, i.e.
 exactly what is saved. The EMA averages the branch weights and is folded when read.
 
+Multi-anchor distillation (``loss.feature_distill``, :mod:`hdnas.train.distill`): the student's
+features after its live cells are pulled toward the teacher's after paired cells, through learned
+1×1 aligners that train in the student's optimiser (a second parameter group) and sit in checkpoints
+under ``aligners``, outside ``model``: the saved net is the plain one.
+
+Progressive learning (``train.progressive``, :class:`ProgressiveStage`): the LR patch grows stage by
+stage and a stage may switch the pixel term to L2. The stage is a pure function of the step (and of
+the ``--minutes`` time fraction, as the learning rate is; :func:`stage_index`) and the batch of a step
+is drawn from that step's generator at that stage's patch size, so resuming stays exact.
+
 Scale-out: under ``torchrun`` each process takes an equal shard of the global batch and gradients
 are averaged explicitly (``DistContext.all_reduce_mean``) rather than through
 ``DistributedDataParallel``: the step also runs a teacher, a frozen student and the dual model,
@@ -25,7 +35,9 @@ so N processes make the same update as one (up to float summation order).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import math
 import os
 import time
@@ -48,6 +60,7 @@ from hdnas.core.network import DerivedNet
 from hdnas.core.run import Run, RunError, build_data, patch_datasets
 from hdnas.core.weights import CHECKPOINT_FORMAT, genotype_mismatch, load_model
 from hdnas.train.adaptive import depth_loss, sample_depths
+from hdnas.train.distill import FeatureDistiller
 from hdnas.train.dual import DualModel
 from hdnas.train.losses import CompositeLoss, ImportanceLearner, LossConfig, LossInputs
 from hdnas.train.reparam import ReparamConfig, fold, reparameterise
@@ -58,6 +71,19 @@ class TrainError(RunError):
 
 
 # ------------------------------------------------------------------------------------------ config
+
+
+PIXEL_LOSS_NAMES = ("l1", "l2")
+
+
+@dataclass
+class ProgressiveStage:
+    """One stage of progressive learning: up to the run fraction ``until``, patches of ``patch`` LR
+    pixels (None: ``data.patch``) and the pixel loss ``loss`` (l1 | l2)."""
+
+    until: float = 1.0
+    patch: Optional[int] = None
+    loss: str = "l1"
 
 
 @dataclass
@@ -80,6 +106,9 @@ class TrainOptions:
     # With ``minutes``, the schedule runs to the budget: its progress is the larger of the step and
     # time fractions, so a time-limited run still anneals fully (budgeted training, Li et al. 2020).
     anneal_to_minutes: bool = True
+    # progressive learning (DIPNet): stages by run fraction, e.g. [{until: 0.4, patch: 16},
+    # {until: 0.8, patch: 24}, {until: 1.0, patch: 32, loss: l2}]; empty: data.patch and L1 throughout
+    progressive: list[ProgressiveStage] = field(default_factory=list)
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -94,6 +123,20 @@ class TrainOptions:
             raise ConfigError("train.val_every and train.log_every: expected at least 1")
         if self.minutes is not None and self.minutes < 0:
             raise ConfigError(f"train.minutes: expected a non-negative number, got {self.minutes}")
+        prev = 0.0
+        for i, st in enumerate(self.progressive):
+            where = f"train.progressive[{i}]"
+            if not prev < st.until <= 1.0:
+                raise ConfigError(f"{where}.until: expected a run fraction above the previous stage's ({prev}) "
+                                  f"and at most 1.0, got {st.until}")
+            prev = st.until
+            if st.patch is not None and st.patch < 4:
+                raise ConfigError(f"{where}.patch: expected an LR patch side of at least 4, got {st.patch}")
+            if st.loss not in PIXEL_LOSS_NAMES:
+                raise ConfigError(f"{where}.loss: expected one of {', '.join(PIXEL_LOSS_NAMES)}, got '{st.loss}'")
+        if self.progressive and self.progressive[-1].until != 1.0:
+            raise ConfigError(f"train.progressive[{len(self.progressive) - 1}].until: the last stage must run to "
+                              f"the end (1.0), got {self.progressive[-1].until}")
 
 
 @dataclass
@@ -133,6 +176,13 @@ class RetrainConfig:
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)  # AdaDSR depth adapter (hdnas.core.adaptive)
     reparam: ReparamConfig = field(default_factory=ReparamConfig)  # DIPNet branches, folded in checkpoints
 
+    def validate(self) -> None:
+        """Checks across sections (each section checked its own fields already)."""
+        for i, st in enumerate(self.train.progressive):
+            if st.loss != "l1" and not self.loss.l1.enabled:
+                raise ConfigError(f"train.progressive[{i}].loss: '{st.loss}' replaces the pixel term, "
+                                  "but loss.l1 is disabled")
+
     def run_name(self, scale: int) -> str:
         if self.name:
             return self.name
@@ -165,6 +215,18 @@ def lr_factor(step: int, opts: TrainOptions, time_fraction: float = 0.0) -> floa
     if opts.schedule == "multistep":
         return warm * opts.gamma ** sum(1 for m in opts.milestones if step >= m or (tf > 0 and tf >= m / opts.steps))
     return warm
+
+
+def stage_index(step: int, opts: TrainOptions, time_fraction: float = 0.0) -> int:
+    """The progressive stage of ``step``: the first whose ``until`` exceeds the run fraction, the
+    larger of ``step / steps`` and ``time_fraction`` (as :func:`lr_factor` reads them); -1 without stages."""
+    if not opts.progressive:
+        return -1
+    t = max(step / opts.steps, min(max(time_fraction, 0.0), 1.0))
+    for i, st in enumerate(opts.progressive):
+        if t < st.until:
+            return i
+    return len(opts.progressive) - 1
 
 
 class EMA:
@@ -240,8 +302,9 @@ class Trainer(Run):
         self.last_path = self.ckpt_path
         self.best_path = self.run_dir / "best.pt"
         lc = cfg.loss
-        if lc.distill.enabled and teacher is None and not (cfg.teacher.weights or cfg.teacher.model):
-            raise TrainError("loss.distill is enabled but no teacher is given (teacher.weights or teacher.model)")
+        for term in ("distill", "feature_distill"):
+            if getattr(lc, term).enabled and teacher is None and not (cfg.teacher.weights or cfg.teacher.model):
+                raise TrainError(f"loss.{term} is enabled but no teacher is given (teacher.weights or teacher.model)")
 
         # data first: a bad folder fails before any model is built
         if train_set is None or val_set is None:
@@ -250,7 +313,10 @@ class Trainer(Run):
         for name, ds in (("training", train_set), ("validation", val_set)):
             if ds.scale != self.scale:
                 raise TrainError(f"{name} images are for ×{ds.scale}, genotype is ×{self.scale}")
-        (self.patches,) = patch_datasets([train_set], cfg.data)
+        # one patch sampler per patch size in use: data.patch, or each progressive stage's
+        sizes = sorted({cfg.data.patch if st.patch is None else st.patch for st in cfg.train.progressive}
+                       or {cfg.data.patch})
+        self.patch_sets = {p: patch_datasets([train_set], dataclasses.replace(cfg.data, patch=p))[0] for p in sizes}
         self.val_set = val_set
 
         fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
@@ -264,10 +330,18 @@ class Trainer(Run):
         self.dual = None
         if lc.dual.enabled:
             self.dual = DualModel(self.scale, lc.dual.features).to(self.device, memory_format=fmt)
+        self.teacher = self._build_teacher(teacher)
+        self.features: FeatureDistiller | None = None
+        groups = [{"params": list(self.model.parameters())}]
+        if lc.feature_distill.enabled:
+            field_name = "teacher.model" if cfg.teacher.model else "teacher.weights" if cfg.teacher.weights else "teacher"
+            self.features = FeatureDistiller(self.model, self.teacher, field_name).to(self.device, memory_format=fmt)
+            # the aligners learn with the student (a second group: same learning rate and schedule)
+            groups.append({"params": list(self.features.parameters())})
         opts = cfg.train
         self._clock0: float | None = None  # (clock, elapsed) when run() started: the schedule's time
         self._elapsed0 = 0.0
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=opts.lr, betas=tuple(opts.betas),
+        self.optimizer = torch.optim.Adam(groups, lr=opts.lr, betas=tuple(opts.betas),
                                           weight_decay=opts.weight_decay)
         factor = lambda step: lr_factor(step, opts, self.time_fraction())  # noqa: E731 - LambdaLR does not pickle it
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
@@ -279,12 +353,12 @@ class Trainer(Run):
         self.ema = EMA(self.model, cfg.ema.decay) if cfg.ema.enabled else None
         self.loss = CompositeLoss.from_config(lc)
         self.importance = ImportanceLearner(lc.importance) if lc.importance.enabled else None
-        self.teacher = self._build_teacher(teacher)
         if self.importance is not None and self.teacher is None:
             warnings.warn("loss.importance is enabled without a teacher: w0 = 1, so every importance weight is 1 "
                           "and the pixel loss is plain L1 (set teacher.weights or teacher.model=bicubic)", stacklevel=2)
 
         self.step = 0
+        self.patch = cfg.data.patch  # the LR patch side of the latest step (progressive learning)
         self.elapsed = 0.0  # seconds of run() so far, over resumes (the --minutes budget)
         self.best_psnr = -math.inf
         self.best_step = -1
@@ -293,7 +367,7 @@ class Trainer(Run):
     # -- teacher ---------------------------------------------------------------------------------
     def _build_teacher(self, teacher: nn.Module | None) -> nn.Module | None:
         tc = self.cfg.teacher
-        need = self.cfg.loss.distill.enabled or (self.cfg.loss.importance.enabled and (tc.weights or tc.model))
+        need = self.cfg.loss.distill.enabled or self.cfg.loss.feature_distill.enabled or (self.cfg.loss.importance.enabled and (tc.weights or tc.model))
         if tc.weights and tc.model:
             raise ConfigError("teacher: give weights (with genotype) or model, not both")
         if teacher is None and tc.model and need:
@@ -332,6 +406,7 @@ class Trainer(Run):
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "dual": None if self.dual is None else self.dual.state_dict(),
+            "aligners": None if self.features is None else self.features.state_dict(),  # not part of the net
             "dual_optimizer": None if self.dual_optimizer is None else self.dual_optimizer.state_dict(),
             "dual_scheduler": None if self.dual_scheduler is None else self.dual_scheduler.state_dict(),
             "ema": self._ema_state(folded),
@@ -359,6 +434,8 @@ class Trainer(Run):
             self.dual_scheduler.load_state_dict(state["dual_scheduler"])
         if self.ema is not None:
             self.ema.load_state_dict(trained["ema"])
+        if self.features is not None:
+            self.features.load_state_dict(state["aligners"])
         if self.importance is not None:
             self.importance.load_state_dict(state["importance"], self.model)
         self.step = int(state["step"])
@@ -372,8 +449,17 @@ class Trainer(Run):
         super().save(*([self.best_path] if best else []))
 
     # -- one step --------------------------------------------------------------------------------
-    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        lr, hr = self.patches.sample_batch(self.cfg.data.batch, self.generator(step))
+    def stage(self, step: int) -> ProgressiveStage:
+        """The progressive stage of ``step`` (data.patch and L1 without ``train.progressive``)."""
+        i = stage_index(step, self.cfg.train, self.time_fraction())
+        if i < 0:
+            return ProgressiveStage(1.0, self.cfg.data.patch, "l1")
+        st = self.cfg.train.progressive[i]
+        return ProgressiveStage(st.until, self.cfg.data.patch if st.patch is None else st.patch, st.loss)
+
+    def _batch(self, step: int, patch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        patches = self.patch_sets[self.stage(step).patch if patch is None else patch]
+        lr, hr = patches.sample_batch(self.cfg.data.batch, self.generator(step))
         sl = self.dist.shard(self.cfg.data.batch)
         fmt = self.memory_format
         return lr[sl].to(self.device, memory_format=fmt), hr[sl].to(self.device, memory_format=fmt)
@@ -382,21 +468,32 @@ class Trainer(Run):
         """One update at ``step``; raises :class:`TrainError` on a non-finite loss before touching weights."""
         if self.importance is not None:
             self.importance.begin_step(step, self.model)
-        lr, hr = self._batch(step)
-        teacher_sr = None
+        stage = self.stage(step)
+        self.patch = stage.patch
+        lr, hr = self._batch(step, stage.patch)
+        teacher_sr = teacher_feats = None
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_sr = self.teacher(lr)
+                if self.features is not None:
+                    with self.features.teacher() as teacher_feats:
+                        teacher_sr = self.teacher(lr)
+                else:
+                    teacher_sr = self.teacher(lr)
         weights = self.importance.weights(lr, hr, teacher_sr) if self.importance is not None else None
         self.model.train()
-        if self.adaptive is not None:  # one desired depth per image, seeded by the step (exact resume)
-            lo, hi = self.model.depth_bounds()
-            d = sample_depths(self.cfg.data.batch, lo, hi, self.generator(step, stream=3))
-            d = d[self.dist.shard(self.cfg.data.batch)].to(self.device)
-            sr, depth = self.model.forward_depth(lr, d)
-        else:
-            sr = self.model(lr)
-        total, parts = self.loss(LossInputs(lr, hr, sr, teacher_sr, weights, self.dual))
+        with self.features.student() if self.features is not None else contextlib.nullcontext() as student_feats:
+            if self.adaptive is not None:  # one desired depth per image, seeded by the step (exact resume)
+                lo, hi = self.model.depth_bounds()
+                d = sample_depths(self.cfg.data.batch, lo, hi, self.generator(step, stream=3))
+                d = d[self.dist.shard(self.cfg.data.batch)].to(self.device)
+                sr, depth = self.model.forward_depth(lr, d)
+            else:
+                sr = self.model(lr)
+        aligners = None if self.features is None else self.features.aligners
+        total, parts = self.loss(LossInputs(lr, hr, sr, teacher_sr, weights, self.dual, stage.loss,
+                                            student_feats, teacher_feats, aligners))
+        if stage.loss != "l1" and "l1" in parts:  # the pixel term under its real name in logs and history
+            parts[stage.loss] = parts.pop("l1")
         if self.adaptive is not None:
             parts["depth"] = depth_loss(depth, d)
             parts["depth_mean"] = depth.detach().mean()
@@ -410,6 +507,8 @@ class Trainer(Run):
             )
         total.backward()
         params = [p for p in self.model.parameters()]
+        if self.features is not None:
+            params += list(self.features.parameters())
         if self.dual is not None:
             params += list(self.dual.parameters())
         self.dist.all_reduce_mean([p.grad for p in params])
@@ -541,6 +640,8 @@ class Trainer(Run):
         for k, v in losses.items():
             w.add_scalar(f"loss/{k}" if k != "importance_mean" else "importance/mean", v, self.step)
         w.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
+        if self.cfg.train.progressive:
+            w.add_scalar("train/patch", self.patch, self.step)
         if self.importance is not None:
             w.add_scalar("importance/round", self.importance.round, self.step)
             w.add_scalar("importance/lambda", self.importance.lam(), self.step)

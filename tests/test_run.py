@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT
-from hdnas.core.config import DataConfig
+from hdnas.core.config import DataConfig, split_command_line
 from hdnas.core.data import from_arrays, split_train_val
 from hdnas.core.run import (
     RESUME_FREE,
@@ -181,9 +181,22 @@ def test_search_runs_dir_a_file_and_retrain_out_a_file_exit_2(tmp_path, images, 
 
 
 def test_negative_budget_reaches_the_library_check(tmp_path, images, search_tool, capsys):
-    assert search_tool.glue_values(["--budget", "-5G", "x=1"]) == ["--budget=-5G", "x=1"]
+    assert split_command_line(["--budget", "-5G", "x=1"], glue=("--budget",)) == (["--budget=-5G"], ["x=1"])
     assert search_tool.main(["--no-progress", "--budget", "-5G", *tiny_overrides(tmp_path, images)]) == 2
     assert "error: search.budget: expected a positive" in capsys.readouterr().err
+
+
+def test_overrides_may_follow_a_list_option(tmp_path, images):
+    """``--data A B key=value``: argparse alone would take ``key=value`` for a third folder."""
+    argv = ["--genotype", "g.json", "--data", "A", "B", "train.steps=3", "--force", "loss.dual.enabled=false"]
+    assert split_command_line(argv) == (["--genotype", "g.json", "--data", "A", "B", "--force"],
+                                        ["train.steps=3", "loss.dual.enabled=false"])
+    g = tiny_genotype().save(tmp_path / "x2.json")
+    run = make_images(tmp_path / "imgs")
+    assert _tool("retrain").main(["--genotype", str(g), "--no-progress", "--out", str(tmp_path / "r"), "--data",
+                                  str(run), "threads=1", "data.patch=8", "data.batch=2", "data.val_max_images=1",
+                                  "train.steps=1"]) == 0
+    assert (tmp_path / "r" / "last.pt").is_file()
 
 
 # ---------------------------------------------------------------------------------------- warnings

@@ -32,6 +32,7 @@ from pathlib import Path
 # (not another checkout's editable install).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hdnas.core.config import split_command_line  # noqa: E402
 from hdnas.core.errors import HdnasError  # noqa: E402
 from hdnas.core.run import interrupted_message, show_warnings_plainly  # noqa: E402
 
@@ -59,13 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. drc.steps=300")
-    args = p.parse_intermixed_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv_options, overrides = split_command_line(argv)
+    args = p.parse_intermixed_args(argv_options)
     show_warnings_plainly()
 
     from hdnas.compress.job import load_compress_config, run_compress
     from hdnas.core.genotype import load_genotype
 
-    extra = list(args.overrides)
+    extra = overrides + list(args.overrides)
     for key, value in (("rate", args.rate), ("minutes", args.minutes), ("method", args.method), ("seed", args.seed)):
         if value is not None:
             extra.append(f"{key}={value}")

@@ -24,6 +24,7 @@ from pathlib import Path
 # (not another checkout's editable install).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hdnas.core.config import split_command_line  # noqa: E402
 from hdnas.core.errors import HdnasError  # noqa: E402
 from hdnas.core.run import interrupted_message, show_warnings_plainly  # noqa: E402
 
@@ -47,12 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to TensorBoard)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. train.steps=500 loss.dual.weight=0.2")
-    args = p.parse_intermixed_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv_options, overrides = split_command_line(argv)
+    args = p.parse_intermixed_args(argv_options)
     show_warnings_plainly()
 
     from hdnas.train.trainer import load_retrain_config, run_retrain
 
-    extra = list(args.overrides)
+    extra = overrides + list(args.overrides)
     if args.genotype:
         extra.append(f"genotype={args.genotype}")
     if args.data:

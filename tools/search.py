@@ -21,24 +21,9 @@ from pathlib import Path
 # (not another checkout's editable install).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hdnas.core.config import format_count  # noqa: E402
+from hdnas.core.config import format_count, split_command_line  # noqa: E402
 from hdnas.core.errors import HdnasError  # noqa: E402
 from hdnas.core.run import interrupted_message, show_warnings_plainly  # noqa: E402
-
-
-def glue_values(argv: list[str], options: tuple[str, ...] = ("--budget", "--latency-budget")) -> list[str]:
-    """``--budget -5G`` -> ``--budget=-5G`` (and ``--latency-budget -5ms``): argparse takes ``-5G`` for an option, so a negative budget
-    would be "expected one argument" instead of reaching the library's check of the value."""
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        if argv[i] in options and i + 1 < len(argv):
-            out.append(f"{argv[i]}={argv[i + 1]}")
-            i += 2
-        else:
-            out.append(argv[i])
-            i += 1
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,12 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to TensorBoard)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. search.epochs=20 space.channels=48")
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = p.parse_intermixed_args(glue_values(argv))
+    argv_options, overrides = split_command_line(argv, glue=("--budget", "--latency-budget"))
+    args = p.parse_intermixed_args(argv_options)
     show_warnings_plainly()
 
     from hdnas.search.engine import load_search_config, run_search
 
-    extra = list(args.overrides)
+    extra = overrides + list(args.overrides)
     if args.scale is not None:
         extra.append(f"space.scale={args.scale}")
     if args.data:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 import types
 import typing
@@ -174,6 +175,30 @@ def read_yaml(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at top level, got {type(data).__name__}")
     return data
+
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
+
+
+def split_command_line(argv: Sequence[str], glue: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """(options and their values, ``key=value`` overrides) of a tool's command line.
+
+    Overrides may stand anywhere, also right after a list option such as ``--data A B key=value``,
+    which argparse would read as a third folder. Options in ``glue`` take their value glued
+    (``--budget -5G`` -> ``--budget=-5G``): argparse reads ``-5G`` as an option, so a negative value
+    would never reach the config's own check."""
+    rest: list[str] = []
+    overrides: list[str] = []
+    i = 0
+    while i < len(argv):
+        item = argv[i]
+        if item in glue and i + 1 < len(argv):
+            rest.append(f"{item}={argv[i + 1]}")
+            i += 2
+            continue
+        (overrides if _OVERRIDE.match(item) else rest).append(item)
+        i += 1
+    return rest, overrides
 
 
 def parse_overrides(items: Sequence[str]) -> dict:

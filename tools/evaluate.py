@@ -27,7 +27,7 @@ from pathlib import Path
 # (not another checkout's editable install).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hdnas.core.errors import HdnasError
+from hdnas.core.errors import HdnasError, show_warnings_plainly
 
 MODELS = ("bicubic", "bicubic-y")
 
@@ -70,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    show_warnings_plainly()
     try:
         from hdnas.core.data import build_dataset
         from hdnas.core.atomic import atomic_write_json

@@ -19,7 +19,7 @@ from pathlib import Path
 # (not another checkout's editable install).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hdnas.core.errors import HdnasError  # noqa: E402
+from hdnas.core.errors import HdnasError, show_warnings_plainly  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--depth", type=float, metavar="D", help="adaptive nets: the desired depth to export at")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted |exported − PyTorch| (default 1e-4)")
     args = p.parse_args(argv)
+    show_warnings_plainly()
     if not args.onnx and not args.torchscript:
         p.error("nothing to do: pass --onnx and/or --torchscript")
     try:

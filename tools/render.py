@@ -15,7 +15,7 @@ from pathlib import Path
 # (not another checkout's editable install).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hdnas.core.errors import HdnasError  # noqa: E402
+from hdnas.core.errors import HdnasError, show_warnings_plainly  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=int, choices=(2, 3, 4), help="fail unless the genotype is for this scale")
     p.add_argument("--formats", default="svg,png", help="comma-separated output formats (default: %(default)s)")
     args = p.parse_args(argv)
+    show_warnings_plainly()
 
     from hdnas.core.genotype import load_genotype
     from hdnas.core.render import write_drawings

@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hdnas.core.config import format_count, split_command_line  # noqa: E402
-from hdnas.core.errors import HdnasError  # noqa: E402
-from hdnas.core.run import interrupted_message, show_warnings_plainly  # noqa: E402
+from hdnas.core.errors import HdnasError, show_warnings_plainly  # noqa: E402
+from hdnas.core.run import interrupted_message  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 # (not another checkout's editable install).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hdnas.core.errors import HdnasError  # noqa: E402
+from hdnas.core.errors import HdnasError, show_warnings_plainly  # noqa: E402
 
 def _name(j: int) -> str:
     return "stem" if j == 0 else f"cell {j}"
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                                                               "on first use, under a minute, then cached)")
     p.add_argument("--no-fvcore", action="store_true", help="skip fvcore's cross-check (it builds and traces the net)")
     args = p.parse_args(argv)
+    show_warnings_plainly()
 
     from hdnas.core.genotype import load_genotype
     from hdnas.core.summary import summarise

@@ -72,11 +72,6 @@ def warn(message: str) -> None:
         warnings.warn(message, RunWarning, stacklevel=3)
 
 
-def show_warnings_plainly() -> None:
-    """Tools print warnings as one line, ``warning: …``, as they print ``error: …``."""
-    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
-
-
 # ------------------------------------------------------------------------------ checkpoints, RNG
 
 

@@ -473,12 +473,9 @@ class Trainer(Run):
         lr, hr = self._batch(step, stage.patch)
         teacher_sr = teacher_feats = None
         if self.teacher is not None:
-            with torch.no_grad():
-                if self.features is not None:
-                    with self.features.teacher() as teacher_feats:
-                        teacher_sr = self.teacher(lr)
-                else:
-                    teacher_sr = self.teacher(lr)
+            reading = self.features.teacher() if self.features is not None else contextlib.nullcontext()
+            with torch.no_grad(), reading as teacher_feats:
+                teacher_sr = self.teacher(lr)
         weights = self.importance.weights(lr, hr, teacher_sr) if self.importance is not None else None
         self.model.train()
         with self.features.student() if self.features is not None else contextlib.nullcontext() as student_feats:

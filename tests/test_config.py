@@ -107,3 +107,12 @@ def test_one_loader_layers_files_and_resolves_section_paths(tmp_path):
         load_config(Outer, sub / "run.yaml", ["inner.lrr=1"])
     with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
         load_config(Outer, None, ["inner=nope.yaml"])
+
+
+def test_tool_options_become_overrides_the_loader_reads():
+    from hdnas.core.config import as_overrides, parse_overrides
+
+    items = as_overrides({"data.paths": ["a b", "c,d"], "data.val_paths": [], "seed": 3, "search.budget": None,
+                          "train.minutes": 0.5})
+    assert items == ['data.paths=["a b","c,d"]', "seed=3", "train.minutes=0.5"]
+    assert parse_overrides(items) == {"data": {"paths": ["a b", "c,d"]}, "seed": 3, "train": {"minutes": 0.5}}

@@ -32,13 +32,9 @@ from pathlib import Path
 # (not another checkout's editable install).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hdnas.core.config import split_command_line  # noqa: E402
+from hdnas.core.config import as_overrides, split_command_line  # noqa: E402
 from hdnas.core.errors import HdnasError, show_warnings_plainly  # noqa: E402
 from hdnas.core.run import interrupted_message  # noqa: E402
-
-
-def _list(values: list[str]) -> str:
-    return "[" + ",".join(f'"{v}"' for v in values) + "]"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,14 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     from hdnas.compress.job import load_compress_config, run_compress
     from hdnas.core.genotype import load_genotype
 
-    extra = overrides + list(args.overrides)
-    for key, value in (("rate", args.rate), ("minutes", args.minutes), ("method", args.method), ("seed", args.seed)):
-        if value is not None:
-            extra.append(f"{key}={value}")
-    if args.data:
-        extra.append(f"data.paths={_list(args.data)}")
-    if args.val_data:
-        extra.append(f"data.val_paths={_list(args.val_data)}")
+    extra = overrides + list(args.overrides) + as_overrides({
+        "rate": args.rate, "minutes": args.minutes, "method": args.method, "seed": args.seed,
+        "data.paths": args.data, "data.val_paths": args.val_data})
     try:
         cfg = load_compress_config(args.config, extra)
         genotype = load_genotype(args.genotype) if args.genotype else None

@@ -24,13 +24,9 @@ from pathlib import Path
 # (not another checkout's editable install).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hdnas.core.config import split_command_line  # noqa: E402
+from hdnas.core.config import as_overrides, split_command_line  # noqa: E402
 from hdnas.core.errors import HdnasError, show_warnings_plainly  # noqa: E402
 from hdnas.core.run import interrupted_message  # noqa: E402
-
-
-def _list(values: list[str]) -> str:
-    return "[" + ",".join(f'"{v}"' for v in values) + "]"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,17 +51,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from hdnas.train.trainer import load_retrain_config, run_retrain
 
-    extra = overrides + list(args.overrides)
-    if args.genotype:
-        extra.append(f"genotype={args.genotype}")
-    if args.data:
-        extra.append(f"data.paths={_list(args.data)}")
-    if args.val_data:
-        extra.append(f"data.val_paths={_list(args.val_data)}")
-    if args.minutes is not None:
-        extra.append(f"train.minutes={args.minutes}")
-    if args.seed is not None:
-        extra.append(f"seed={args.seed}")
+    extra = overrides + list(args.overrides) + as_overrides({
+        "genotype": args.genotype or None, "data.paths": args.data, "data.val_paths": args.val_data,
+        "train.minutes": args.minutes, "seed": args.seed})
     try:
         cfg = load_retrain_config(args.config, extra)
         result = run_retrain(cfg, out=args.out, resume=args.resume, force=args.force, progress=not args.no_progress)

@@ -21,7 +21,7 @@ from pathlib import Path
 # (not another checkout's editable install).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hdnas.core.config import format_count, split_command_line  # noqa: E402
+from hdnas.core.config import as_overrides, format_count, split_command_line  # noqa: E402
 from hdnas.core.errors import HdnasError, show_warnings_plainly  # noqa: E402
 from hdnas.core.run import interrupted_message  # noqa: E402
 
@@ -49,19 +49,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from hdnas.search.engine import load_search_config, run_search
 
-    extra = overrides + list(args.overrides)
-    if args.scale is not None:
-        extra.append(f"space.scale={args.scale}")
-    if args.data:
-        extra.append("data.paths=[" + ",".join(f'"{d}"' for d in args.data) + "]")
-    if args.val_data:
-        extra.append("data.val_paths=[" + ",".join(f'"{d}"' for d in args.val_data) + "]")
-    if args.budget is not None:
-        extra.append(f"search.budget={args.budget}")
-    if args.latency_budget is not None:
-        extra.append(f"search.latency_budget={args.latency_budget}")
-    if args.seed is not None:
-        extra.append(f"seed={args.seed}")
+    extra = overrides + list(args.overrides) + as_overrides({
+        "space.scale": args.scale, "data.paths": args.data, "data.val_paths": args.val_data,
+        "search.budget": args.budget, "search.latency_budget": args.latency_budget, "seed": args.seed})
     try:
         cfg = load_search_config(args.config, args.space, extra)
         outcome = run_search(cfg, args.out, force=args.force, resume=args.resume, progress=not args.no_progress,

@@ -8,6 +8,7 @@ silently ignored typo in a search config wastes hours of compute.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -199,6 +200,19 @@ def split_command_line(argv: Sequence[str], glue: Sequence[str] = ()) -> tuple[l
         (overrides if _OVERRIDE.match(item) else rest).append(item)
         i += 1
     return rest, overrides
+
+
+def as_overrides(options: Mapping[str, Any]) -> list[str]:
+    """A tool's options as ``key=value`` overrides, so the config loader is their one way in; options
+    left unset (None, empty) are skipped, lists become YAML flow lists of quoted strings."""
+    out = []
+    for key, value in options.items():
+        if value is None or (isinstance(value, (list, tuple)) and not value):
+            continue
+        if isinstance(value, (list, tuple)):
+            value = "[" + ",".join(json.dumps(str(v)) for v in value) + "]"
+        out.append(f"{key}={value}")
+    return out
 
 
 def parse_overrides(items: Sequence[str]) -> dict:

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, cell in enumerate(g.cells, start=1):
         live = "" if i in g.live_cells() else "  (dead: not computed)"
         print(f"  cell {i}: inputs {cell.inputs}  ops {', '.join(cell.ops)}{live}")
-    print(f"  fusion: cells {g.fusion}")
+    print(f"  fusion: cells {g.fusion}   depth {g.depth()} (longest chain of live cells)")
     budget = prov.get("budget")
     lat_budget = prov.get("latency_budget_ms")
     print(f"Multi-Adds {format_count(prov['multi_adds'])} at 1280x720 output"

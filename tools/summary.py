@@ -61,7 +61,8 @@ def print_text(info: dict[str, Any]) -> None:
     print(f"fusion     {', '.join(map(_name, info['fusion']))}{fusion_width}")
     dead = info["dead_cells"]
     print(f"live cells {', '.join(map(str, info['live_cells']))}" + (f"   dead (not built): {', '.join(map(str, dead))}"
-                                                                    if dead else "   dead: none"))
+                                                                    if dead else "   dead: none")
+          + f"   depth {info['depth']} (longest chain of live cells)")
     prov = info["provenance"]
     if prov:
         print("provenance " + provenance_line(prov))

@@ -319,7 +319,9 @@ def expected_macs(space: SearchSpace, probs: ArchProbs, hr_size: tuple[int, int]
 
 
 def indicator_probs(genotype: Genotype, space: SearchSpace) -> ArchProbs:
-    """The probabilities of a genotype's own choices: one-hot α, 1 for every chosen input / fusion cell."""
+    """The probabilities of a genotype's own choices: one-hot α, 1/k on each of a cell's k chosen
+    inputs and 1/m on each of the m fusion cells (distributions, as softmax(β) is; the liveness terms
+    k·p and m·p are then exactly 1 for the chosen and 0 for the others)."""
     n_rows = 1 if space.shared_alpha else space.cells
     alpha = torch.zeros(n_rows, space.steps, len(space.ops), dtype=torch.float64)
     for r in range(n_rows):
@@ -328,10 +330,10 @@ def indicator_probs(genotype: Genotype, space: SearchSpace) -> ArchProbs:
     inputs = []
     for i, cell in enumerate(genotype.cells, start=1):
         p = torch.zeros(i, dtype=torch.float64)
-        p[cell.inputs] = 1.0
+        p[cell.inputs] = 1.0 / space.inputs_kept(i)
         inputs.append(p)
     fusion = torch.zeros(space.cells, dtype=torch.float64)
-    fusion[[j - 1 for j in genotype.fusion]] = 1.0
+    fusion[[j - 1 for j in genotype.fusion]] = 1.0 / space.fusion_cells
     return ArchProbs(alpha=alpha, inputs=inputs, fusion=fusion)
 
 

@@ -126,6 +126,11 @@ class Genotype:
         derived net skips."""
         return list(_live_cells(self._wiring()))
 
+    def depth(self) -> int:
+        """The longest chain of live cells from the stem to the fusion: how deep the net really is
+        (weight-sharing search tends to wire every cell to the stem, which gives depth 1)."""
+        return _depth(self._wiring())
+
     def build_order(self) -> list[int]:
         """The live cells in an order a network can compute them (each after its inputs).
 
@@ -227,6 +232,16 @@ def _graph(wiring: _Wiring) -> nx.DiGraph:
 @functools.lru_cache(maxsize=1024)
 def _live_cells(wiring: _Wiring) -> tuple[int, ...]:
     return tuple(sorted(n for n in nx.ancestors(_graph(wiring), "fusion") if isinstance(n, int) and n > 0))
+
+
+@functools.lru_cache(maxsize=1024)
+def _depth(wiring: _Wiring) -> int:
+    inputs, _ = wiring
+    live = set(_live_cells(wiring))
+    chain: dict[int, int] = {0: 0}
+    for i in _build_order(wiring):
+        chain[i] = 1 + max(chain[j] for j in inputs[i - 1])
+    return max((chain[i] for i in live), default=0)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -71,6 +71,7 @@ def summarise(geno: Genotype, path: str, fvcore: bool = True, memory_limit: int 
         **({"fusion_width": geno.fusion_width} if geno.fusion_width is not None else {}),
         "live_cells": live,
         "dead_cells": [i for i in range(1, len(geno.cells) + 1) if i not in live],
+        "depth": geno.depth(),
         "params": report.params,
         "macs": report.macs,
         "hr_size": list(cost.HR_SIZE),

@@ -8,6 +8,7 @@ central finite differences (two extra gradient evaluations instead of second der
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -19,13 +20,17 @@ from torch.func import functional_call
 from hdnas.core.distributed import DistContext
 
 
-def budget_penalty(expected: torch.Tensor, budget: float) -> torch.Tensor:
+def budget_penalty(expected: torch.Tensor, budget: float, margin: float = 0.0) -> torch.Tensor:
     """(log(E / B))²: symmetric in ratio, zero at the budget, gradient pulls E toward B from both sides.
 
     Working in log-ratio makes the pull independent of the network's absolute size, so one weight
-    serves ×2 nets of 30G and ×4 nets of 5G alike.
+    serves ×2 nets of 30G and ×4 nets of 5G alike. ``margin`` > 0 makes it zero within
+    |log(E / B)| ≤ log(1 + margin): inside that band the data term alone chooses.
     """
-    return torch.log(expected / budget) ** 2
+    r = torch.log(expected / budget)
+    if margin > 0:
+        r = torch.relu(r.abs() - math.log1p(margin))
+    return r**2
 
 
 @dataclass
@@ -56,6 +61,8 @@ class Architect:
         latency_fn: Callable[[], torch.Tensor] | None = None,
         latency_budget: float | None = None,
         loss_fn: Callable[[object, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        penalty_margin: float = 0.0,
+        regularizer: Callable[[], torch.Tensor] | None = None,
     ):
         if order not in (1, 2):
             raise ValueError(f"search.order: expected 1 or 2, got {order}")
@@ -65,6 +72,8 @@ class Architect:
         self.latency_fn = latency_fn  # E[latency] in ms under the current α, β
         self.latency_budget = latency_budget  # ms; penalised like the Multi-Adds budget, beside it or alone
         self.penalty_weight = penalty_weight
+        self.penalty_margin = penalty_margin  # the budget_penalty band
+        self.regularizer = regularizer  # added to the penalty (e.g. an entropy term on α, β)
         # the data term from (model output, LR, HR); default L1(model(LR), HR). Channel pruning passes
         # the dual-regression objective, its model returning (SR, D(SR)).
         self.loss_fn = loss_fn
@@ -93,7 +102,9 @@ class Architect:
             else:
                 latency = value
             if budget is not None:
-                pen = pen + self.penalty_weight * budget_penalty(value, budget)
+                pen = pen + self.penalty_weight * budget_penalty(value, budget, self.penalty_margin)
+        if self.regularizer is not None:
+            pen = pen + self.regularizer()
         return pen, expected, latency
 
     def _loss(self, lr: torch.Tensor, hr: torch.Tensor, weights: Sequence[torch.Tensor] | None = None) -> torch.Tensor:

@@ -34,6 +34,7 @@ from hdnas.core.machine import machine_info
 from hdnas.core.metrics import psnr_y
 from hdnas.core.run import Run, RunError, build_data, check_file, check_folder, patch_datasets
 from hdnas.core.space import SearchSpace
+from hdnas.search import relax
 from hdnas.search.architect import Architect
 from hdnas.search.derive import derive, derive_within_budget
 from hdnas.search.supernet import SuperNet
@@ -65,14 +66,22 @@ class SearchOptions:
     # When set, the final derivation lands in its band (not the Multi-Adds one).
     latency_budget: Optional[str] = None
     penalty_weight: float = 1.0
-    # The penalty's expected cost is taken over softmax(α/τ), τ annealed geometrically from
-    # tau_start to tau_end over the architecture epochs: at τ = 1 it averages ops that argmax will
-    # drop (L1 can favour the dearest op while cheap ones keep the average at the budget); as τ falls
-    # it approaches the cost of the architecture that will actually be derived.
+    # Which architecture the penalty prices (hdnas.search.relax): "argmax", the genotype that would be
+    # derived now (exact cost, straight-through gradient); "gumbel", a hard Gumbel-softmax sample at τ;
+    # "expected", the soft mixture softmax(α/τ) (averages ops that argmax will drop, so the derived
+    # net can land far from the budget).
+    penalty_on: str = "argmax"
+    penalty_margin: float = 0.0  # no penalty within |log(cost / budget)| <= log(1 + margin)
+    entropy_weight: float = 0.0  # + weight · mean entropy of softmax(α): pushes the op choices to one-hot
+    # τ, annealed geometrically from tau_start to tau_end over the architecture epochs: the softmax
+    # temperature of "expected" (as τ falls it approaches the derived architecture) and the Gumbel
+    # temperature of "gumbel".
     penalty_tau_start: float = 1.0
     penalty_tau_end: float = 0.1
     fused: bool = True  # fused mixed ops (same mathematics, faster)
-    budget_derivation: bool = True  # final derivation swaps the fewest, least likely ops to land in the band
+    # Last resort, off by default: swap the fewest, least likely ops after the search to land in the
+    # band; the swaps are listed in the genotype's provenance (budget_swaps).
+    budget_derivation: bool = False
     derive_tolerance: float = 0.10  # the band: exact Multi-Adds within ±tolerance of the budget
     val_every: int = 1  # epochs
 
@@ -96,6 +105,12 @@ class SearchOptions:
                 f"search.penalty_tau_end: expected 0 < tau_end <= tau_start ({self.penalty_tau_start}), "
                 f"got {self.penalty_tau_end}"
             )
+        if self.penalty_on not in relax.PENALTY_ON:
+            raise ConfigError(f"search.penalty_on: expected one of {', '.join(relax.PENALTY_ON)}, got '{self.penalty_on}'")
+        if not 0 <= self.penalty_margin < 1:
+            raise ConfigError(f"search.penalty_margin: expected a fraction in [0, 1), got {self.penalty_margin}")
+        if self.entropy_weight < 0:
+            raise ConfigError(f"search.entropy_weight: expected >= 0, got {self.entropy_weight}")
         if not 0 < self.derive_tolerance < 1:
             raise ConfigError(f"search.derive_tolerance: expected a fraction in (0, 1), got {self.derive_tolerance}")
         if self.budget is not None:
@@ -235,7 +250,7 @@ class Searcher(Run):
         space = cfg.space
         self.architect = Architect(
             self.model,
-            cost_fn=lambda: cost.expected_macs(space, self.model.arch_probs(self.penalty_tau), HR_SIZE),
+            cost_fn=lambda: cost.expected_macs(space, self.penalty_probs(), HR_SIZE),
             budget=self.budget,
             lr=opts.a_lr,
             betas=opts.a_betas,
@@ -246,9 +261,13 @@ class Searcher(Run):
             w_weight_decay=opts.w_weight_decay,
             dist_ctx=self.dist,
             latency_fn=None if self.latency is None else (
-                lambda: self.latency.expected(space, self.model.arch_probs(self.penalty_tau)).to(self.device)),
+                lambda: self.latency.expected(space, self.penalty_probs()).to(self.device)),
             latency_budget=self.latency_budget,
+            penalty_margin=opts.penalty_margin,
+            regularizer=None if opts.entropy_weight == 0 else (
+                lambda: opts.entropy_weight * relax.entropy(self.model.arch_probs())),
         )
+        self._arch_step = 0  # the step whose generator draws the penalty's Gumbel sample
         self.total_steps = opts.epochs * opts.steps_per_epoch
         self.penalty_tau = opts.penalty_tau_start
         self.epoch = 0
@@ -277,6 +296,14 @@ class Searcher(Run):
         lr, hr = self.data.sample(half, self.cfg.data.batch, self.generator(step, 0 if half == "w" else 1))
         sl = self.dist.shard(self.cfg.data.batch)
         return lr[sl].to(self.device), hr[sl].to(self.device)
+
+    def penalty_probs(self):
+        """What the penalty prices at the current architecture step. A Gumbel draw comes from the step's
+        own generator, so the Multi-Adds and the latency terms price the same sample, and a resumed
+        search draws what an uninterrupted one would have."""
+        gen = self.generator(self._arch_step, 2) if self.cfg.search.penalty_on == "gumbel" else None
+        return relax.penalty_probs(self.cfg.search.penalty_on, self.model.arch_probs, self.cfg.space,
+                                   self.penalty_tau, gen)
 
     def tau_at(self, epoch: int) -> float:
         """Penalty temperature of an epoch: a function of the epoch alone, so resumes replay it exactly."""
@@ -320,6 +347,7 @@ class Searcher(Run):
                 for i in range(opts.steps_per_epoch):
                     step = epoch * opts.steps_per_epoch + i
                     if search_arch:
+                        self._arch_step = step
                         res = self.architect.step(self._batch(step, "w"), self._batch(step, "a"))
                         if not (math.isfinite(res.loss) and math.isfinite(res.penalty)):
                             raise SearchError(
@@ -368,6 +396,7 @@ class Searcher(Run):
                     "expected_macs_tau": expected_tau,
                     "derived_macs": derived.macs,
                     "derived_params": derived.params,
+                    "derived_depth": geno.depth(),
                     "expected_latency_ms": expected_ms if self.latency is not None else None,
                     "derived_latency_ms": self.latency.predict(geno) if self.latency is not None else None,
                     "val_psnr": val_psnr,
@@ -399,6 +428,8 @@ class Searcher(Run):
         else:
             geno = derive(self.model, self.cfg.space)
             argmax_macs, swaps = cost.count(geno, HR_SIZE).macs, []
+            if self.latency is not None:
+                argmax_ms = self.latency.predict(geno)
         return SearchResult(geno, self.run_dir, val, self.data.bicubic_psnr(), self.history, argmax_macs=argmax_macs,
                             swaps=swaps, argmax_latency_ms=argmax_ms)
 
@@ -475,6 +506,8 @@ def provenance(cfg: SearchConfig, result: SearchResult, report, command: list[st
         "latency_budget_ms": cfg.search.latency_budget_ms,
         "argmax_latency_ms": result.argmax_latency_ms,
         "budget_swaps": result.swaps,
+        "penalty_on": cfg.search.penalty_on,
+        "depth": result.genotype.depth(),
         "expected_multi_adds": result.history[-1]["expected_macs"] if result.history else None,
         "val_psnr": result.val_psnr,
         "val_psnr_bicubic": result.bicubic_psnr,

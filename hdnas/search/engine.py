@@ -34,7 +34,7 @@ from hdnas.core.machine import machine_info
 from hdnas.core.metrics import psnr_y
 from hdnas.core.run import Run, RunError, build_data, check_file, check_folder, patch_datasets
 from hdnas.core.space import SearchSpace
-from hdnas.search.architect import Architect
+from hdnas.search.architect import ARCH_LOSSES, Architect
 from hdnas.search.derive import derive, derive_within_budget
 from hdnas.search.supernet import SuperNet
 
@@ -49,6 +49,7 @@ class SearchOptions:
     steps_per_epoch: int = 32
     warmup_epochs: int = 2  # weights only, so α does not lock onto the ops that train fastest
     order: int = 1  # 1: first-order DARTS; 2: unrolled, finite-difference Hessian-vector product
+    arch_loss: str = "val"  # "train+val": the arch step's data term adds the training batch (reference DLSR)
     w_optimizer: str = "adam"
     w_lr: float = 1e-3
     w_lr_min: float = 1e-5
@@ -87,6 +88,9 @@ class SearchOptions:
             )
         if self.order not in (1, 2):
             raise ConfigError(f"search.order: expected 1 or 2, got {self.order}")
+        if self.arch_loss not in ARCH_LOSSES or (self.arch_loss != "val" and self.order != 1):
+            raise ConfigError(f"search.arch_loss: expected one of {ARCH_LOSSES} ('train+val' with search.order 1), "
+                              f"got '{self.arch_loss}' with order {self.order}")
         if self.w_optimizer not in ("adam", "sgd"):
             raise ConfigError(f"search.w_optimizer: expected 'adam' or 'sgd', got '{self.w_optimizer}'")
         if len(self.a_betas) != 2:
@@ -248,6 +252,7 @@ class Searcher(Run):
             latency_fn=None if self.latency is None else (
                 lambda: self.latency.expected(space, self.model.arch_probs(self.penalty_tau)).to(self.device)),
             latency_budget=self.latency_budget,
+            arch_loss=opts.arch_loss,
         )
         self.total_steps = opts.epochs * opts.steps_per_epoch
         self.penalty_tau = opts.penalty_tau_start

@@ -323,3 +323,45 @@ def test_option_arch_loss_train_plus_val():
         SearchOptions(arch_loss="train").validate()
     with pytest.raises(ConfigError, match="arch_loss"):
         SearchOptions(arch_loss="train+val", order=2).validate()
+
+
+# -- against the reference code itself (needs a checkout: HDNAS_DLSR_REFERENCE) --------------------
+def test_same_function_as_the_reference_code():
+    ref = os.environ.get("HDNAS_DLSR_REFERENCE")
+    if not ref:
+        pytest.skip("set HDNAS_DLSR_REFERENCE to a checkout of DawnHH/DLSR-PyTorch to compare with the reference")
+    from hdnas.bench.common import run_worker
+
+    out = run_worker("hdnas.bench.dlsr_reference:check_same_function", {"reference": ref}, 300)
+    assert "error" not in out, out.get("error")
+    assert out["reference_weight_params"] == out["hdnas_weight_params"] == 4_212_924
+    assert out["reference_arch_params"] == out["hdnas_arch_params"] == 41
+    assert out["max_abs_diff_plain"] < 1e-5 and out["max_abs_diff_fused"] < 1e-5
+
+
+# -- the benchmark's side-by-side comparison: skipped without a checkout, minimal edits with one ----
+def test_reference_comparison_is_skipped_without_a_checkout(tmp_path):
+    from hdnas.bench.search import SearchBenchConfig
+    from hdnas.bench.suites import run_suites
+
+    lines = []
+    cfg = SearchBenchConfig(matrix=False)
+    results = run_suites(["search"], tmp_path / "b.json", search_cfg=cfg, log=lines.append)
+    assert results["suites"]["search"]["records"] == []
+    assert any("--reference DIR" in line and "skipped" in line for line in lines)
+
+
+def test_reference_checkout_is_checked_and_edited_only_for_the_cpu(tmp_path):
+    from hdnas.bench.common import BenchmarkError, run_worker
+    from hdnas.bench.dlsr_reference import REFERENCE_FILES, _cpu_edits, compare_with_reference
+
+    with pytest.raises(BenchmarkError, match="rfdn_block_6_beta_search.py not found"):
+        compare_with_reference(str(tmp_path), 2, 8, rounds=1, warmup=0, repeats=1, log=lambda m: None)
+    text, edits = _cpu_edits("import torch\nimport ipdb\nx = torch.zeros(2).cuda()\ny = x.cuda() + 1\n")
+    assert text == "import torch\nx = torch.zeros(2)\ny = x + 1\n"
+    assert edits == ["2 × '.cuda()' removed", "unused 'import ipdb' dropped"]
+    for rel in REFERENCE_FILES:  # a stand-in checkout: the loader imports the edited copy, not the original
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("import ipdb\nimport torch\nX = torch.ones(3).cuda()\n")
+    out = run_worker("hdnas.bench.dlsr_reference:check_same_function", {"reference": str(tmp_path)}, 120)
+    assert "has no attribute 'RFDN_beta1'" in out["error"]  # the stand-in imported, edited, and lacks the net

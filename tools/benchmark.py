@@ -4,6 +4,7 @@
     python tools/benchmark.py --quick                              # every suite on tiny settings (~2 min)
     python tools/benchmark.py --suite search                       # both spaces, x2/x4, batch 8, patch 32
     python tools/benchmark.py --suite search --spaces dlsr --scales 2 --orders 1
+    python tools/benchmark.py --suite search --reference ../DLSR-PyTorch --reference-only --threads 1   # beside the reference code
     python tools/benchmark.py --suite models --models rfdn imdn --scales 4
     python tools/benchmark.py --suite quality --genotype derived/x4.json --model-index 0   # one model per command
     python tools/benchmark.py --suite quality --minutes 30 --json runs/benchmark/quality30.json
@@ -55,6 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--repeats", type=int, help="timed repeats (median reported; default 5)")
     g.add_argument("--warmup", type=int, help="untimed warm-up runs (default 1)")
     g.add_argument("--timeout", type=float, help="seconds allowed per search configuration (default 570)")
+    g.add_argument("--reference", metavar="DIR", help="a checkout of DawnHH/DLSR-PyTorch: time its search steps "
+                                                       "beside dlsr.yaml at x2, like for like (skipped without)")
+    g.add_argument("--reference-rounds", type=int, help="workers per side, alternating (default 3)")
+    g.add_argument("--reference-only", action="store_true", help="only the comparison with --reference")
     g = p.add_argument_group("models suite")
     g.add_argument("--models", nargs="+", help="reference nets (default: rfdn imdn imdn_space fsrcnn bicubic)")
     g.add_argument("--no-derived", action="store_true", help="skip derived/*.json")
@@ -102,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         s = SearchBenchConfig.quick() if args.quick else SearchBenchConfig()
         _set(s, spaces=args.spaces, scales=args.scales, batch=args.batch, patch=args.patch, orders=args.orders,
              mixed=args.mixed, repeats=args.repeats, warmup=args.warmup, threads=args.threads or None,
-             timeout_s=args.timeout)
+             timeout_s=args.timeout, reference=args.reference, reference_rounds=args.reference_rounds)
+        if args.reference_only:
+            if not args.reference:
+                raise BenchmarkError("--reference-only needs --reference DIR")
+            s.matrix = False
 
         m = ModelsBenchConfig.quick() if args.quick else ModelsBenchConfig()
         _set(m, models=args.models, scales=args.scales, repeats=args.repeats, warmup=args.warmup,

@@ -5,7 +5,9 @@ ms per weight step and per first- / second-order architecture step, and peak RSS
 :class:`hdnas.search.architect.Architect`), one fresh subprocess per configuration so that peak RSS
 (``ru_maxrss`` at its end) belongs to that configuration alone. :func:`compare_supernet_variants`
 is the profiling aid behind ``tools/profile_supernet.py``: the supernet alone, its fused / plain
-mixed ops and NCHW / channels_last layouts interleaved in one process.
+mixed ops and NCHW / channels_last layouts interleaved in one process. With ``reference`` (a local
+checkout of the reference DLSR code) the suite also times it beside ``dlsr.yaml``, like for like
+(:mod:`hdnas.bench.dlsr_reference`); without one that comparison is skipped.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ class SearchBenchConfig:
     repeats: int = 5
     threads: int = 0  # 0: torch's default in the worker
     timeout_s: float = 570.0  # per configuration: one worker never outlives a 10-minute command
+    matrix: bool = True  # the configurations above; False: only the reference comparison
+    reference: str | None = None  # a checkout of DawnHH/DLSR-PyTorch: time it beside dlsr.yaml at ×2
+    reference_rounds: int = 3  # workers per side, alternating
 
     @classmethod
     def quick(cls) -> "SearchBenchConfig":
@@ -65,14 +70,16 @@ def resolve_space_path(name: str) -> Path:
 
 def search_case(
     space: str, scale: int, batch: int, patch: int, order: int, mixed: str, warmup: int, repeats: int,
-    threads: int = 0, seed: int = 0,
+    threads: int = 0, seed: int = 0, arch_loss: str = "val", budget: bool = True, raw: bool = False,
 ) -> dict[str, Any]:
     """Time one search configuration in this process: the searcher's weight step and architect step.
 
     Batches are drawn once beforehand (data sampling is timed apart, ``data_ms``), then each
     iteration runs as the search loop does: architecture step, then weight step. A budget at the
-    geometric middle of the space's reachable Multi-Adds keeps the penalty term in the arch step.
-    Meant for a fresh process (:func:`run_worker`): peak RSS is the process's.
+    geometric middle of the space's reachable Multi-Adds keeps the penalty term in the arch step
+    (``budget=False``: none). ``arch_loss``: ``search.arch_loss``. ``raw``: also every timed step's
+    seconds (``weight_s``, ``arch_s``). Meant for a fresh process (:func:`run_worker`): peak RSS is the
+    process's.
     """
     if mixed not in ("fused", "plain"):
         raise BenchmarkError(f"mixed: expected 'fused' or 'plain', got {mixed!r}")
@@ -80,10 +87,11 @@ def search_case(
     cfg = load_search_config(space=path, overrides={
         "runs_dir": os.path.join(tempfile.gettempdir(), "hdnas-bench-runs"), "seed": seed, "threads": threads, "device": "cpu",
         "space": {"scale": scale}, "data": {"batch": batch, "patch": patch},
-        "search": {"order": order, "fused": mixed == "fused", "epochs": 2, "warmup_epochs": 0},
+        "search": {"order": order, "fused": mixed == "fused", "epochs": 2, "warmup_epochs": 0, "arch_loss": arch_loss},
     })
-    lo, hi = cost.cost_bounds(cfg.space, HR_SIZE)
-    cfg.search.budget = str(int(math.sqrt(lo * hi)))
+    if budget:
+        lo, hi = cost.cost_bounds(cfg.space, HR_SIZE)
+        cfg.search.budget = str(int(math.sqrt(lo * hi)))
     searcher = Searcher(cfg, progress=False, log=False)  # writes nothing until run(), which is not called
     steps = warmup + repeats
     draw = searcher._batch
@@ -110,7 +118,7 @@ def search_case(
             a_times.append(t1 - t0)
             w_times.append(t2 - t1)
     weight, arch = Timing(w_times), Timing(a_times)
-    return {
+    return ({"weight_s": w_times, "arch_s": a_times} if raw else {}) | {
         "space": cfg.space.name,
         "space_file": str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path),
         "scale": scale,
@@ -131,14 +139,16 @@ def search_case(
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "weight_params": sum(p.numel() for p in searcher.model.weight_parameters()),
         "arch_params": sum(p.numel() for p in searcher.model.arch_parameters()),
-        "budget_macs": int(searcher.budget),
+        "budget_macs": None if searcher.budget is None else int(searcher.budget),
+        "arch_loss": arch_loss,
     }
 
 
 def run_search_suite(cfg: SearchBenchConfig, log: Log = print_line) -> list[dict[str, Any]]:
-    """One worker per (space, scale, mixed op, order); a failed configuration is a record with ``error``."""
+    """One worker per (space, scale, mixed op, order); a failed configuration is a record with ``error``.
+    (The reference comparison, :func:`hdnas.bench.dlsr_reference.run_reference_comparison`, follows.)"""
     records = []
-    for space in cfg.spaces:
+    for space in (cfg.spaces if cfg.matrix else []):
         path = resolve_space_path(space)
         for scale in cfg.scales:
             for mixed in cfg.mixed:
@@ -165,6 +175,8 @@ def _search_line(r: dict[str, Any]) -> str:
 def search_table(records: list[dict[str, Any]]) -> str:
     rows = []
     for r in records:
+        if r["key"].startswith(REFERENCE_KEY):  # hdnas.bench.dlsr_reference.reference_table
+            continue
         if "error" in r:
             rows.append([r["space"], f"x{r['scale']}", f"{r['batch']}/{r['patch']}", r["mixed"], str(r["order"]),
                          "error", "", "", r["error"][:40]])
@@ -175,6 +187,9 @@ def search_table(records: list[dict[str, Any]]) -> str:
     return format_table(["space", "scale", "batch/patch", "mixed", "order", "weight ms", "arch ms", "peak MiB",
                          "threads"], rows)
 
+
+#: Keys of the reference comparison's records (:mod:`hdnas.bench.dlsr_reference`) start so.
+REFERENCE_KEY = "dlsr_reference|"
 
 #: name -> (fused, channels_last): the supernet's execution variants (same parameters, same maths)
 SUPERNET_VARIANTS: dict[str, tuple[bool, bool]] = {

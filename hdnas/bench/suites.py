@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from hdnas.bench.common import SUITES, BenchmarkError, Log, load_results, merge_suite, print_line, run_info
+from hdnas.bench.dlsr_reference import reference_table, run_reference_comparison
 from hdnas.bench.latency import LatencyBenchConfig, latency_table, run_latency_suite
 from hdnas.bench.models import ModelsBenchConfig, models_table, run_models_suite
 from hdnas.bench.quality import QualityBenchConfig, quality_table, run_quality_suite
@@ -45,8 +46,10 @@ def run_suites(
         if suite == "search":
             cfg = search_cfg or (SearchBenchConfig.quick() if quick else SearchBenchConfig())
             records = run_search_suite(cfg, log)
-            merge_suite(results, suite, {**run_info(cfg), "quick": quick}, records)
-            log(search_table(records))
+            reference = run_reference_comparison(cfg, log)
+            merge_suite(results, suite, {**run_info(cfg), "quick": quick}, records + reference)
+            log("\n\n".join(t for t in (search_table(records) if records else "",
+                                         reference_table(reference) if reference else "") if t))
         elif suite == "models":
             cfg = models_cfg or (ModelsBenchConfig.quick() if quick else ModelsBenchConfig())
             records, dense = run_models_suite(cfg, log)

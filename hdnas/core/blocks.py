@@ -7,7 +7,10 @@ shell means a derived net is, by construction, the supernet with every mixture c
 
 Input normalisation: LR images are in [0, 1]; the networks subtract a fixed RGB mean (DIV2K's)
 before the stem and add it back after the pixel shuffle (EDSR-style mean shift, as plain
-element-wise ops so that it costs no Multi-Adds and no parameters).
+element-wise ops so that it costs no Multi-Adds and no parameters). A space or genotype may instead
+work in other pixel units (``rgb_range``: the reference DLSR code runs on [0, 255]) and without the
+mean shift: :class:`InputNorm` scales the image in, :class:`Upsampler` scales the result back out, so
+every network still takes and returns images in [0, 1].
 """
 
 from __future__ import annotations
@@ -138,6 +141,9 @@ class DistillCell(nn.Module):
 class Upsampler(nn.Module):
     """Conv 3×3 C -> 3·s² then PixelShuffle(s): the lightweight-SR standard tail.
 
+    ``mean_shift`` and ``rgb_range``: the net's pixel units (:class:`InputNorm`); the output is
+    divided by ``rgb_range`` (after the mean is added back) so that it is in [0, 1] again.
+
     ``kind="pixelshuffle_bicubic"`` adds a global image skip before the shuffle: the MATLAB bicubic
     upscale of the LR input, as a fixed 5×5 conv (:class:`BicubicUpsample`). The network then learns
     the residual over bicubic, which it beats within a few hundred steps instead of thousands — what
@@ -145,24 +151,33 @@ class Upsampler(nn.Module):
     output gets the RGB mean added back instead.
     """
 
-    def __init__(self, c: int, scale: int, kind: str = "pixelshuffle"):
+    def __init__(self, c: int, scale: int, kind: str = "pixelshuffle", mean_shift: bool = True,
+                 rgb_range: float = 1.0):
         super().__init__()
         if kind not in ("pixelshuffle", "pixelshuffle_bicubic"):
             raise ValueError(f"unknown upsampler '{kind}'")
         self.scale = scale
         self.kind = kind
+        self.rgb_range = float(rgb_range)
         self.conv = conv3x3(c, 3 * scale * scale)
         self.skip = BicubicUpsample(scale) if kind == "pixelshuffle_bicubic" else None
         self.shuffle = nn.PixelShuffle(scale)
-        self.add_mean = MeanShift(+1) if self.skip is None else None
+        self.add_mean = MeanShift(+1, rgb_range) if self.skip is None and mean_shift else None
 
     def forward(self, x: torch.Tensor, lr: torch.Tensor | None = None) -> torch.Tensor:
+        """``lr``: the LR image in [0, 1] (the bicubic skip reads it)."""
         y = self.conv(x)
+        r = self.rgb_range
         if self.skip is not None:
             if lr is None:
                 raise ValueError("the bicubic-skip upsampler needs the LR image")
-            return self.shuffle(y + self.skip(lr))
-        return self.add_mean(self.shuffle(y))
+            skip = self.skip(lr)
+            y = self.shuffle(y + (skip * r if r != 1 else skip))
+        else:
+            y = self.shuffle(y)
+            if self.add_mean is not None:
+                y = self.add_mean(y)
+        return y / r if r != 1 else y
 
 
 class BicubicUpsample(nn.Module):
@@ -213,12 +228,29 @@ def _cubic(x: float, a: float = -0.5) -> float:
 
 
 class MeanShift(nn.Module):
-    """Subtract (``sign=-1``) or add (``sign=+1``) the fixed RGB mean; a buffer, not a parameter."""
+    """Subtract (``sign=-1``) or add (``sign=+1``) the fixed RGB mean, in pixel units of ``rgb_range``;
+    a buffer, not a parameter."""
 
-    def __init__(self, sign: int):
+    def __init__(self, sign: int, rgb_range: float = 1.0):
         super().__init__()
         self.sign = float(sign)
-        self.register_buffer("mean", torch.tensor(RGB_MEAN).view(1, 3, 1, 1), persistent=False)
+        mean = torch.tensor(RGB_MEAN) * float(rgb_range)
+        self.register_buffer("mean", mean.view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.sign * self.mean.to(x.dtype)
+
+
+class InputNorm(nn.Module):
+    """What a net does to its [0, 1] input before the stem: ×``rgb_range``, then minus the mean
+    (``mean_shift``). With the defaults (1, on) it is exactly :class:`MeanShift` (−1)."""
+
+    def __init__(self, rgb_range: float = 1.0, mean_shift: bool = True):
+        super().__init__()
+        self.rgb_range = float(rgb_range)
+        self.shift = MeanShift(-1, rgb_range) if mean_shift else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rgb_range != 1:
+            x = x * self.rgb_range
+        return self.shift(x) if self.shift is not None else x

@@ -148,7 +148,7 @@ def count(genotype: Genotype, hr_size: tuple[int, int] = HR_SIZE) -> CostReport:
         extras += gate
         part.add(*combine_cost(len(cell.inputs), c, h, w))
         for name, mid in zip(cell.ops, widths.ops):
-            part.add(op_macs(name, c, c, h, w, mid), op_params(name, c, c, mid))
+            part.add(op_macs(name, c, c, h, w, mid), op_params(name, c, c, mid, genotype.op_bias))
         parts[f"cell{i}"] = part
     order = ["stem"] + [k for k in parts if k.startswith("cell")] + ["fusion", "body", "upsampler"]
     parts = {k: parts[k] for k in order}
@@ -253,14 +253,16 @@ def _space_key(space: SearchSpace) -> tuple:
         space.cell_inputs,
         space.fusion_cells,
         space.upsampler,
+        space.stem_input,
     )
 
 
 @functools.lru_cache(maxsize=64)
 def _cost_table(key: tuple, hr_size: tuple[int, int]) -> CostTable:
-    scale, c, n, steps, ops, esa, k, m, up = key
+    scale, c, n, steps, ops, esa, k, m, up, stem_input = key
     h, w = lr_size_for(scale, hr_size)
-    space = SearchSpace(scale=scale, channels=c, cells=n, steps=steps, ops=list(ops), esa=esa, cell_inputs=k, fusion_cells=m)
+    space = SearchSpace(scale=scale, channels=c, cells=n, steps=steps, ops=list(ops), esa=esa, cell_inputs=k, fusion_cells=m,
+                        stem_input=stem_input)
     return CostTable.of(
         space,
         (get_op(o).macs(c, c, h, w) for o in ops),

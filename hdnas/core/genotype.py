@@ -25,6 +25,15 @@ free. Which are free follows from the architecture:
 Absent widths mean the defaults, so a version-1 file is a version-2 genotype without widths. Saving
 writes version 1 when no width is recorded (byte-identical to before) and version 2 otherwise;
 loading reads both. Every width is an integer from 1 to its unpruned (default) width.
+
+Backbone variants (either version)
+----------------------------------
+Four optional keys say how the fixed parts differ from this project's default, for nets of a space
+that follows the reference DLSR code (``search_spaces/dlsr.yaml``): ``op_bias`` (false: the searched
+ops' convs have no bias), ``combine_lrelu`` (true: a LeakyReLU follows the 1×1 conv that merges a
+cell's inputs), ``rgb_range`` (the pixel units inside the net, e.g. 255) and ``mean_shift`` (false: no
+RGB mean subtracted). A key at its default is not written, so files without them read and save as
+before.
 """
 
 from __future__ import annotations
@@ -97,6 +106,11 @@ class Genotype:
     upsampler: str = "pixelshuffle"
     provenance: dict[str, Any] = field(default_factory=dict)
     fusion_width: int | None = None  # the network fusion 1×1's output width (version 2); None: channels
+    # backbone variants (module docstring); the defaults are this project's nets
+    op_bias: bool = True
+    combine_lrelu: bool = False
+    rgb_range: float = 1.0
+    mean_shift: bool = True
 
     @property
     def steps(self) -> int:
@@ -167,6 +181,7 @@ class Genotype:
             "steps": self.steps,
             "esa": self.esa,
             "upsampler": self.upsampler,
+            **{k: getattr(self, k) for k, default in BACKBONE_DEFAULTS.items() if getattr(self, k) != default},
             "cells": [_cell_dict(c) for c in self.cells],
             "fusion": list(self.fusion),
         }
@@ -189,6 +204,7 @@ class Genotype:
             upsampler=data.get("upsampler", "pixelshuffle"),
             provenance=dict(data.get("provenance", {})),
             fusion_width=data.get("fusion_width"),
+            **{k: data.get(k, default) for k, default in BACKBONE_DEFAULTS.items()},
         )
 
     def to_json(self) -> str:
@@ -203,6 +219,18 @@ class Genotype:
         atomic_write_text(path, self.to_json() + "\n")
         return path
 
+
+
+#: The optional backbone keys (module docstring, "Backbone variants") and their defaults.
+BACKBONE_DEFAULTS: dict[str, Any] = {"op_bias": True, "combine_lrelu": False, "rgb_range": 1.0, "mean_shift": True}
+
+
+def space_backbone(space) -> dict[str, Any]:
+    """The genotype fields that a search space fixes (:class:`hdnas.core.space.SearchSpace`), for the
+    genotypes derived or drawn from it."""
+    return {"scale": space.scale, "channels": space.channels, "esa": space.esa, "upsampler": space.upsampler,
+            "op_bias": space.op_bias, "combine_lrelu": space.input_merge == "concat",
+            "rgb_range": float(space.rgb_range), "mean_shift": space.mean_shift}
 
 
 def _cell_dict(cell: CellGenotype) -> dict[str, Any]:
@@ -308,6 +336,13 @@ def validate_dict(data: Any, expected_scale: int | None = None) -> None:
         _require(data, "esa", bool)
     if "upsampler" in data and data["upsampler"] not in UPSAMPLERS:
         raise ConfigError(f"genotype field 'upsampler': expected one of {UPSAMPLERS}, got {data['upsampler']!r}")
+    for key in ("op_bias", "combine_lrelu", "mean_shift"):
+        if key in data:
+            _require(data, key, bool)
+    if "rgb_range" in data:
+        r = _require(data, "rgb_range", (int, float))
+        if not r > 0:
+            raise ConfigError(f"genotype field 'rgb_range': expected a positive number, got {r!r}")
     cells = _require(data, "cells", list)
     if not cells:
         raise ConfigError("genotype field 'cells': expected at least one cell")
@@ -362,7 +397,7 @@ def validate_dict(data: Any, expected_scale: int | None = None) -> None:
     if "provenance" in data and not isinstance(data["provenance"], dict):
         raise ConfigError("genotype field 'provenance': expected an object")
     known = {"format", "scale", "channels", "steps", "esa", "upsampler", "cells", "fusion", "fusion_width",
-             "provenance"}
+             "provenance", *BACKBONE_DEFAULTS}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"genotype field '{unknown[0]}': unknown key (known: {', '.join(sorted(known))})")
@@ -453,9 +488,7 @@ def random_genotype(space, rng: random.Random | int | None = None) -> Genotype:
     cells = []
     for i in range(1, space.cells + 1):
         ops = list(shared_ops) if space.shared_alpha else [rng.choice(space.ops) for _ in range(space.steps)]
-        inputs = sorted(rng.sample(range(i), space.inputs_kept(i)))
+        inputs = sorted(rng.sample(space.input_candidates(i), space.inputs_kept(i)))
         cells.append(CellGenotype(ops=ops, inputs=inputs))
     fusion = sorted(rng.sample(range(1, space.cells + 1), space.fusion_cells))
-    return Genotype(
-        scale=space.scale, channels=space.channels, cells=cells, fusion=fusion, esa=space.esa, upsampler=space.upsampler
-    )
+    return Genotype(cells=cells, fusion=fusion, **space_backbone(space))

@@ -17,6 +17,10 @@ pointwise 1×1 read. The dilated conv's depthwise conv keeps its input's channel
 and a plain conv is one layer, so neither has one. An op with one sets ``inner`` and its
 ``factory``, ``macs`` and ``params`` take it as the keyword ``mid``; compression prunes it and the
 genotype records it (:mod:`hdnas.core.genotype`, "Widths").
+
+Biases: an op's convs that DARTS gives a bias (the plain conv, the pointwise 1×1s) have one by
+default; ``bias=False`` builds them without (the reference DLSR code's candidates have none; depthwise
+convs never have one). ``factory`` and ``params`` take it as the keyword ``bias``.
 """
 
 from __future__ import annotations
@@ -92,9 +96,9 @@ class OpSpec:
     """
 
     name: str
-    factory: Callable[..., nn.Module]  # (c_in, c_out[, mid=]) -> module
+    factory: Callable[..., nn.Module]  # (c_in, c_out[, mid=][, bias=]) -> module
     macs: Callable[..., int]  # (c_in, c_out, h, w[, mid=]) -> Multi-Adds
-    params: Callable[..., int]  # (c_in, c_out[, mid=]) -> parameters
+    params: Callable[..., int]  # (c_in, c_out[, mid=][, bias=]) -> parameters
     label: str
     family: str
     kernel: int
@@ -133,10 +137,16 @@ def get_op(name: str) -> OpSpec:
         raise KeyError(f"unknown operation '{name}' (registered: {', '.join(OPS)})") from None
 
 
-def build_op(name: str, c_in: int, c_out: int, mid: int | None = None) -> nn.Module:
-    """Build op ``name``; ``mid``: its internal width (only for ops with ``mid_width``; None = default)."""
+def _bias(bias: bool) -> dict[str, bool]:
+    """Only ``bias=False`` is passed on, so an op registered without the keyword still builds by default."""
+    return {} if bias else {"bias": False}
+
+
+def build_op(name: str, c_in: int, c_out: int, mid: int | None = None, bias: bool = True) -> nn.Module:
+    """Build op ``name``; ``mid``: its internal width (only for ops with ``mid_width``; None = default);
+    ``bias``: whether its convs that may have a bias have one."""
     spec = get_op(name)
-    return spec.factory(c_in, c_out, **spec._mid(mid))
+    return spec.factory(c_in, c_out, **spec._mid(mid), **_bias(bias))
 
 
 def op_macs(name: str, c_in: int, c_out: int, h: int, w: int, mid: int | None = None) -> int:
@@ -145,9 +155,9 @@ def op_macs(name: str, c_in: int, c_out: int, h: int, w: int, mid: int | None = 
     return spec.macs(c_in, c_out, h, w, **spec._mid(mid))
 
 
-def op_params(name: str, c_in: int, c_out: int, mid: int | None = None) -> int:
+def op_params(name: str, c_in: int, c_out: int, mid: int | None = None, bias: bool = True) -> int:
     spec = get_op(name)
-    return spec.params(c_in, c_out, **spec._mid(mid))
+    return spec.params(c_in, c_out, **spec._mid(mid), **_bias(bias))
 
 
 class SepConv(nn.Sequential):
@@ -156,16 +166,16 @@ class SepConv(nn.Sequential):
     ``mid`` (default ``c_in``): the first pointwise conv's output width, its internal width.
     """
 
-    def __init__(self, c_in: int, c_out: int, k: int, mid: int | None = None):
+    def __init__(self, c_in: int, c_out: int, k: int, mid: int | None = None, bias: bool = True):
         pad = k // 2
         m = c_in if mid is None else mid
         super().__init__(
             nn.ReLU(inplace=False),
             nn.Conv2d(c_in, c_in, k, padding=pad, groups=c_in, bias=False),
-            nn.Conv2d(c_in, m, 1, bias=True),
+            nn.Conv2d(c_in, m, 1, bias=bias),
             nn.ReLU(inplace=False),
             nn.Conv2d(m, m, k, padding=pad, groups=m, bias=False),
-            nn.Conv2d(m, c_out, 1, bias=True),
+            nn.Conv2d(m, c_out, 1, bias=bias),
         )
         self.kernel_size = k
 
@@ -173,11 +183,11 @@ class SepConv(nn.Sequential):
 class DilConv(nn.Sequential):
     """DARTS dilated conv without batch norm: ReLU -> depthwise k×k, dilation 2 -> pointwise 1×1."""
 
-    def __init__(self, c_in: int, c_out: int, k: int, dilation: int = 2):
+    def __init__(self, c_in: int, c_out: int, k: int, dilation: int = 2, bias: bool = True):
         super().__init__(
             nn.ReLU(inplace=False),
             nn.Conv2d(c_in, c_in, k, padding=dilation * (k // 2), dilation=dilation, groups=c_in, bias=False),
-            nn.Conv2d(c_in, c_out, 1, bias=True),
+            nn.Conv2d(c_in, c_out, 1, bias=bias),
         )
         self.kernel_size = k
         self.dilation = dilation
@@ -186,9 +196,9 @@ class DilConv(nn.Sequential):
 def _plain_conv(k: int) -> OpSpec:
     return OpSpec(
         name=f"conv_{k}x{k}",
-        factory=lambda c_in, c_out: nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=True),
+        factory=lambda c_in, c_out, bias=True: nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=bias),
         macs=lambda c_in, c_out, h, w: conv_macs(c_in, c_out, k, h, w),
-        params=lambda c_in, c_out: conv_params(c_in, c_out, k),
+        params=lambda c_in, c_out, bias=True: conv_params(c_in, c_out, k, bias=bias),
         label=f"conv {k}×{k}",
         family="conv",
         kernel=k,
@@ -200,9 +210,9 @@ def _sep_conv(k: int) -> OpSpec:
     layout = BranchLayout(body=(1, 2, 3, 4), pointwise=5, depthwise=(DepthwiseConv(1, k), DepthwiseConv(4, k)))
     return OpSpec(
         name=f"sep_conv_{k}x{k}",
-        factory=lambda c_in, c_out, mid=None: SepConv(c_in, c_out, k, mid),
+        factory=lambda c_in, c_out, mid=None, bias=True: SepConv(c_in, c_out, k, mid, bias),
         macs=lambda c_in, c_out, h, w, mid=None: _sep_macs(c_in, c_out, k, h, w, c_in if mid is None else mid),
-        params=lambda c_in, c_out, mid=None: _sep_params(c_in, c_out, k, c_in if mid is None else mid),
+        params=lambda c_in, c_out, mid=None, bias=True: _sep_params(c_in, c_out, k, c_in if mid is None else mid, bias),
         label=f"sep {k}×{k}",
         family="sep",
         kernel=k,
@@ -217,18 +227,19 @@ def _sep_macs(c_in: int, c_out: int, k: int, h: int, w: int, m: int) -> int:
             + conv_macs(m, m, k, h, w, groups=m) + conv_macs(m, c_out, 1, h, w))
 
 
-def _sep_params(c_in: int, c_out: int, k: int, m: int) -> int:
-    return (conv_params(c_in, c_in, k, groups=c_in, bias=False) + conv_params(c_in, m, 1)
-            + conv_params(m, m, k, groups=m, bias=False) + conv_params(m, c_out, 1))
+def _sep_params(c_in: int, c_out: int, k: int, m: int, bias: bool = True) -> int:
+    return (conv_params(c_in, c_in, k, groups=c_in, bias=False) + conv_params(c_in, m, 1, bias=bias)
+            + conv_params(m, m, k, groups=m, bias=False) + conv_params(m, c_out, 1, bias=bias))
 
 
 def _dil_conv(k: int, dilation: int = 2) -> OpSpec:
     layout = BranchLayout(body=(1,), pointwise=2, depthwise=(DepthwiseConv(1, k, dilation),))
     return OpSpec(
         name=f"dil_conv_{k}x{k}",
-        factory=lambda c_in, c_out: DilConv(c_in, c_out, k, dilation),
+        factory=lambda c_in, c_out, bias=True: DilConv(c_in, c_out, k, dilation, bias),
         macs=lambda c_in, c_out, h, w: conv_macs(c_in, c_in, k, h, w, groups=c_in) + conv_macs(c_in, c_out, 1, h, w),
-        params=lambda c_in, c_out: conv_params(c_in, c_in, k, groups=c_in, bias=False) + conv_params(c_in, c_out, 1),
+        params=lambda c_in, c_out, bias=True: (conv_params(c_in, c_in, k, groups=c_in, bias=False)
+                                               + conv_params(c_in, c_out, 1, bias=bias)),
         label=f"dil {k}×{k} (d={dilation})",
         family="dil",
         kernel=k,

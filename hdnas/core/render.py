@@ -264,6 +264,11 @@ def render_network(genotype: Genotype) -> graphviz.Digraph:
     )
     if dead:
         sub += f" · dead: {', '.join(map(str, dead))}"
+    variants = [text for text, on in (("ops without bias", not genotype.op_bias),
+                                      (f"pixels in [0, {genotype.rgb_range:g}]", genotype.rgb_range != 1),
+                                      ("no mean shift", not genotype.mean_shift)) if on]
+    if variants:
+        sub += " · " + ", ".join(variants)
     g.attr(label=_title(f"hdnas network ×{s}", sub, _legend(_families_of(OPS), dead=bool(dead), vertical=True)),
            labelloc="t", labeljust="l")
 
@@ -282,7 +287,8 @@ def render_network(genotype: Genotype) -> graphviz.Digraph:
         if len(inputs) > 1:
             target = f"in{i}"
             grey = {"color": DEAD_LINE, "fontcolor": DEAD_LINE, "style": "rounded,filled,dashed"} if is_dead else {}
-            g.node(target, f"<concat<BR/>1×1 {len(inputs) * c}→{c}>", fontsize="9", margin="0.05,0.02", **grey)
+            act = "<BR/>LReLU" if genotype.combine_lrelu else ""
+            g.node(target, f"<concat<BR/>1×1 {len(inputs) * c}→{c}{act}>", fontsize="9", margin="0.05,0.02", **grey)
             g.edge(target, f"o{i}", **edge_attrs)
         for j in inputs:
             # the edge from the previous cell carries the chain; skips arc around it
@@ -409,13 +415,15 @@ def render_supernet(
                         fillcolor="white", ordering="out")  # top-ranked op edges leftmost
             for s in range(1, k + 1):
                 _alpha_edges(cl, f"c{i}x{s - 1}", f"c{i}x{s}", a[s - 1], space.ops, top)
-        kept = set(_top(inputs[i - 1], space.inputs_kept(i)))
-        for j, b in enumerate(inputs[i - 1]):
-            _beta_edge(g, "o0" if j == 0 else f"c{j}x{k}", f"c{i}x0", b, j in kept, j == i - 1)
-    g.node("fusion", **_box("fusion", "1×1 conv", f"→ conv 3×3 + long skip → ×{space.scale}"))
+        cands = space.input_candidates(i)
+        kept = {cands[j] for j in _top([inputs[i - 1][c] for c in cands], space.inputs_kept(i))}
+        for j in cands:
+            _beta_edge(g, "o0" if j == 0 else f"c{j}x{k}", f"c{i}x0", inputs[i - 1][j], j in kept, j == i - 1)
+    merge = "1×1 conv" + ("" if space.search_fusion else " over all cells (not searched)")
+    g.node("fusion", **_box("fusion", merge, f"→ conv 3×3 + long skip → ×{space.scale}"))
     kept = set(_top(fusion, space.fusion_cells))
     for j, b in enumerate(fusion):
-        _beta_edge(g, f"c{j + 1}x{k}", "fusion", b, j in kept, j == n - 1)
+        _beta_edge(g, f"c{j + 1}x{k}", "fusion", b if space.search_fusion else 1.0, j in kept, j == n - 1)
     return g
 
 

@@ -4,6 +4,8 @@ As in DARTS, the architecture minimises the validation loss of the weights the i
 give. First order treats the current weights as optimal; second order unrolls one virtual SGD step
 w' = w − ξ·∇w L_train(w, a) and differentiates through it, with the Hessian-vector product taken by
 central finite differences (two extra gradient evaluations instead of second derivatives).
+``arch_loss="train+val"`` is the reference DLSR code's first-order step: the data term adds the
+loss on the weights' training batch to the held-out one.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ def budget_penalty(expected: torch.Tensor, budget: float, margin: float = 0.0) -
     if margin > 0:
         r = torch.relu(r.abs() - math.log1p(margin))
     return r**2
+
+
+#: The architecture step's data term: the held-out batch (DARTS), or the training batch too (reference DLSR).
+ARCH_LOSSES = ("val", "train+val")
 
 
 @dataclass
@@ -63,9 +69,14 @@ class Architect:
         loss_fn: Callable[[object, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         penalty_margin: float = 0.0,
         regularizer: Callable[[], torch.Tensor] | None = None,
+        arch_loss: str = "val",
     ):
         if order not in (1, 2):
             raise ValueError(f"search.order: expected 1 or 2, got {order}")
+        if arch_loss not in ARCH_LOSSES or (arch_loss != "val" and order != 1):
+            raise ValueError(f"search.arch_loss: expected one of {ARCH_LOSSES} ('train+val' with order 1), got "
+                             f"'{arch_loss}' with order {order}")
+        self.arch_loss = arch_loss
         self.model = model
         self.cost_fn = cost_fn
         self.budget = budget
@@ -120,6 +131,8 @@ class Architect:
         pen, expected, latency = self.penalty()
         if self.order == 1:
             loss = self._loss(*val)
+            if self.arch_loss == "train+val":
+                loss = loss + self._loss(*train)
             grads = list(torch.autograd.grad(loss, self.arch_params, allow_unused=True))
         else:
             loss, grads = self._second_order(train, val)

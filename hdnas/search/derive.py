@@ -1,7 +1,7 @@
 """Supernet parameters -> :class:`~hdnas.core.genotype.Genotype`, and a random-genotype sampler.
 
 Derivation: argmax α per refinement step (with shared α every cell gets the same ops), the top-k
-inputs of every cell by β (k = ``space.cell_inputs``, at most the cell's number of candidates),
+inputs of every cell by β among its candidates (k = ``space.cell_inputs``, at most their number),
 the top-m fusion cells by β (m = ``space.fusion_cells``). Ties go to the lowest index, so a
 freshly initialised or exactly symmetric supernet derives reproducibly. Chosen inputs and fusion
 cells are listed in ascending order. Provenance is left empty: the search fills it in.
@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from hdnas.core.cost import HR_SIZE, count
-from hdnas.core.genotype import CellGenotype, Genotype
+from hdnas.core.genotype import CellGenotype, Genotype, space_backbone
 from hdnas.core.space import ArchProbs, SearchSpace
 
 
@@ -65,12 +65,12 @@ def derive(supernet_or_probs, space: SearchSpace) -> Genotype:
     for i in range(1, space.cells + 1):
         rows = alpha[0 if n_alpha == 1 else i - 1]
         ops = [space.ops[argmax(rows[k])] for k in range(space.steps)]
-        inputs = top_k(probs.inputs[i - 1], space.inputs_kept(i))
+        cands = space.input_candidates(i)
+        p = _values(probs.inputs[i - 1])
+        inputs = [cands[j] for j in top_k([p[c] for c in cands], space.inputs_kept(i))]
         cells.append(CellGenotype(ops=ops, inputs=inputs))
     fusion = [j + 1 for j in top_k(probs.fusion, space.fusion_cells)]
-    geno = Genotype(
-        scale=space.scale, channels=space.channels, cells=cells, fusion=fusion, esa=space.esa, upsampler=space.upsampler
-    )
+    geno = Genotype(cells=cells, fusion=fusion, **space_backbone(space))
     geno.validate()
     return geno
 

@@ -35,7 +35,7 @@ from hdnas.core.metrics import psnr_y
 from hdnas.core.run import Run, RunError, build_data, check_file, check_folder, patch_datasets
 from hdnas.core.space import SearchSpace
 from hdnas.search import relax
-from hdnas.search.architect import Architect
+from hdnas.search.architect import ARCH_LOSSES, Architect
 from hdnas.search.derive import derive, derive_within_budget
 from hdnas.search.supernet import SuperNet
 
@@ -50,6 +50,7 @@ class SearchOptions:
     steps_per_epoch: int = 32
     warmup_epochs: int = 2  # weights only, so α does not lock onto the ops that train fastest
     order: int = 1  # 1: first-order DARTS; 2: unrolled, finite-difference Hessian-vector product
+    arch_loss: str = "val"  # "train+val": the arch step's data term adds the training batch (reference DLSR)
     w_optimizer: str = "adam"
     w_lr: float = 1e-3
     w_lr_min: float = 1e-5
@@ -96,6 +97,9 @@ class SearchOptions:
             )
         if self.order not in (1, 2):
             raise ConfigError(f"search.order: expected 1 or 2, got {self.order}")
+        if self.arch_loss not in ARCH_LOSSES or (self.arch_loss != "val" and self.order != 1):
+            raise ConfigError(f"search.arch_loss: expected one of {ARCH_LOSSES} ('train+val' with search.order 1), "
+                              f"got '{self.arch_loss}' with order {self.order}")
         if self.w_optimizer not in ("adam", "sgd"):
             raise ConfigError(f"search.w_optimizer: expected 'adam' or 'sgd', got '{self.w_optimizer}'")
         if len(self.a_betas) != 2:
@@ -266,6 +270,7 @@ class Searcher(Run):
             penalty_margin=opts.penalty_margin,
             regularizer=None if opts.entropy_weight == 0 else (
                 lambda: opts.entropy_weight * relax.entropy(self.model.arch_probs())),
+            arch_loss=opts.arch_loss,
         )
         self._arch_step = 0  # the step whose generator draws the penalty's Gumbel sample
         self.total_steps = opts.epochs * opts.steps_per_epoch

@@ -3,9 +3,16 @@
 Architecture parameters (DARTS-style logits, initialised 1e-3·randn):
 
 * ``alpha``: (N, K, |ops|), or (1, K, |ops|) when ``space.shared_alpha`` — op logits per step;
-* ``beta_inputs``: one vector per cell 2..N (cell i has i logits over outputs 0..i-1; cell 1 reads
-  the stem only and has none);
-* ``beta_fusion``: (N,) — logits over the cells' outputs for the final fusion.
+* ``beta_inputs``: one vector per cell with more than one candidate input, over its candidates
+  (:meth:`~hdnas.core.space.SearchSpace.input_candidates`: by default cell i has i logits over outputs
+  0..i-1 and cell 1, reading the stem only, has none; without ``stem_input`` cells 1 and 2 have none);
+* ``beta_fusion``: (N,) — logits over the cells' outputs for the final fusion (absent when the space
+  does not search the fusion).
+
+How the space's other choices enter (``search_spaces/dlsr.yaml`` sets the reference code's):
+``input_merge`` sums a cell's candidates weighted by softmax(β), or runs a 1×1 conv + LeakyReLU over
+their β-weighted concat; ``op_bias`` builds the candidates with or without biases; ``rgb_range`` and
+``mean_shift`` set the pixel units (:class:`~hdnas.core.blocks.InputNorm`).
 
 They are registered ``nn.Parameter``s (so ``state_dict`` and DDP see them) and are excluded from
 :meth:`SuperNet.weight_parameters`.
@@ -26,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hdnas.core.blocks import DistillCell, MeanShift, Upsampler, conv1x1, conv3x3, lrelu
+from hdnas.core.blocks import DistillCell, InputNorm, Upsampler, conv1x1, conv3x3, lrelu
 from hdnas.core.ops import BranchLayout, build_op, get_op
 from hdnas.core.space import ArchProbs, SearchSpace
 from hdnas.search.derive import derive
@@ -88,7 +95,7 @@ def _matches_layout(op: nn.Module, layout: BranchLayout) -> bool:
     if not isinstance(op, nn.Sequential) or len(op) != layout.pointwise + 1 or not isinstance(op[0], nn.ReLU):
         return False
     pw = op[layout.pointwise]
-    if not (isinstance(pw, nn.Conv2d) and pw.kernel_size == (1, 1) and pw.groups == 1 and pw.bias is not None):
+    if not (isinstance(pw, nn.Conv2d) and pw.kernel_size == (1, 1) and pw.groups == 1):
         return False
     return all(d.index in layout.body and _is_depthwise(op[d.index], d.kernel, d.dilation) for d in layout.depthwise)
 
@@ -114,10 +121,10 @@ class MixedOp(nn.Module):
     Anything else (ops registered without a layout, or built unlike their layout) runs as w_o · op_o(x).
     """
 
-    def __init__(self, ops: Sequence[str], c: int, fused: bool = True):
+    def __init__(self, ops: Sequence[str], c: int, fused: bool = True, bias: bool = True):
         super().__init__()
         self.names = list(ops)
-        self.ops = nn.ModuleList(build_op(name, c, c) for name in self.names)
+        self.ops = nn.ModuleList(build_op(name, c, c, bias=bias) for name in self.names)
         self.fused = fused
         self._conv: list[int] = []  # indices of plain convs
         self._branch: dict[int, BranchLayout] = {}  # ReLU -> body -> pointwise ops, by their registry layout
@@ -156,7 +163,7 @@ class MixedOp(nn.Module):
                 feats.append(y)
                 last.append((i, op[layout.pointwise]))
             weight = torch.cat([weights[i] * pw.weight for i, pw in last], dim=1)
-            bias = sum(weights[i] * pw.bias for i, pw in last)
+            bias = _weighted_sum([(weights[i], pw.bias) for i, pw in last])
             z = F.conv2d(torch.cat(feats, dim=1) if len(feats) > 1 else feats[0], weight, bias)
             out = z if out is None else out + z
         for i in self._other:
@@ -164,16 +171,23 @@ class MixedOp(nn.Module):
             out = y if out is None else out + y
         return out
 
-    def _merged_conv(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        kernel, bias = None, None
+    def _merged_conv(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        kernel = None
         for i in self._conv:
             conv = self.ops[i]
             p = (self._kmax - conv.kernel_size[0]) // 2
             k = weights[i] * (F.pad(conv.weight, (p, p, p, p)) if p else conv.weight)
-            b = weights[i] * conv.bias
             kernel = k if kernel is None else kernel + k
-            bias = b if bias is None else bias + b
-        return kernel, bias
+        return kernel, _weighted_sum([(weights[i], self.ops[i].bias) for i in self._conv])
+
+
+def _weighted_sum(terms: list[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor | None:
+    """Σ w·b over the biases that exist; None when no op has one (``op_bias: false``)."""
+    out = None
+    for w, b in terms:
+        if b is not None:
+            out = w * b if out is None else out + w * b
+    return out
 
 
 class SearchCell(DistillCell):
@@ -181,11 +195,15 @@ class SearchCell(DistillCell):
 
     def __init__(self, space: SearchSpace, fused: bool = True):
         c = space.channels
-        super().__init__([MixedOp(space.ops, c, fused) for _ in range(space.steps)], c, space.esa)
+        super().__init__([MixedOp(space.ops, c, fused, space.op_bias) for _ in range(space.steps)], c, space.esa)
 
 
 class SuperNet(nn.Module):
-    """Stem -> N searchable cells (inputs mixed by softmax(β)) -> fusion weighted by m·softmax(β_f) -> tail."""
+    """Stem -> N searchable cells (inputs mixed by softmax(β)) -> fusion weighted by m·softmax(β_f) -> tail.
+
+    ``combine``: with ``input_merge: concat``, the 1×1 conv of every cell that has a β (named by cell,
+    ``cell<i>``, as in the derived net).
+    """
 
     def __init__(self, space: SearchSpace, fused: bool = True, channels_last: bool = True):
         super().__init__()
@@ -194,15 +212,22 @@ class SuperNet(nn.Module):
         self._fused = fused
         self.channels_last = channels_last
         n, k, c = space.cells, space.steps, space.channels
-        self.sub_mean = MeanShift(-1)
+        self.sub_mean = InputNorm(space.rgb_range, space.mean_shift)
         self.stem = conv3x3(3, c)
         self.cells = nn.ModuleList(SearchCell(space, fused) for _ in range(n))
+        # cells with a choice of inputs, in order: they own beta_inputs[0], [1], ...
+        self.searched_inputs = [i for i in range(1, n + 1) if len(space.input_candidates(i)) > 1]
+        self.combine = nn.ModuleDict()
+        if space.input_merge == "concat":
+            for i in self.searched_inputs:
+                self.combine[f"cell{i}"] = conv1x1(len(space.input_candidates(i)) * c, c)
         self.fusion = conv1x1(n * c, c)
         self.body = conv3x3(c, c)
-        self.upsampler = Upsampler(c, space.scale, space.upsampler)
+        self.upsampler = Upsampler(c, space.scale, space.upsampler, space.mean_shift, space.rgb_range)
         self.alpha = nn.Parameter(1e-3 * torch.randn(1 if space.shared_alpha else n, k, len(space.ops)))
-        self.beta_inputs = nn.ParameterList(nn.Parameter(1e-3 * torch.randn(i)) for i in range(2, n + 1))
-        self.beta_fusion = nn.Parameter(1e-3 * torch.randn(n))
+        self.beta_inputs = nn.ParameterList(
+            nn.Parameter(1e-3 * torch.randn(len(space.input_candidates(i)))) for i in self.searched_inputs)
+        self.beta_fusion = nn.Parameter(1e-3 * torch.randn(n)) if space.search_fusion else None
 
     @property
     def fused(self) -> bool:
@@ -218,25 +243,39 @@ class SuperNet(nn.Module):
 
     # -- parameter groups -------------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
-        return [self.alpha, *self.beta_inputs, self.beta_fusion]
+        fusion = [] if self.beta_fusion is None else [self.beta_fusion]
+        return [self.alpha, *self.beta_inputs, *fusion]
 
     def weight_parameters(self) -> list[nn.Parameter]:
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
 
     def arch_probs(self, temperature: float = 1.0) -> ArchProbs:
-        """Softmax of α/τ and β/τ (differentiable); cell 1's input distribution is the constant [1].
+        """Softmax of α/τ and β/τ (differentiable), spread over all earlier outputs (0 where an output is
+        not a candidate); a cell with one candidate has the constant 1 there, an unsearched fusion 1/N
+        for every cell.
 
         The forward pass mixes at τ = 1. A lower τ sharpens the distributions toward the choices that
         derivation will make; the search evaluates its budget penalty there (see ``hdnas.search.engine``).
         """
         t = float(temperature)
-        one = torch.ones(1, dtype=self.beta_fusion.dtype, device=self.beta_fusion.device)
-        return ArchProbs(
-            alpha=torch.softmax(self.alpha / t, dim=-1),
-            inputs=[one] + [torch.softmax(b / t, dim=0) for b in self.beta_inputs],
-            fusion=torch.softmax(self.beta_fusion / t, dim=0),
-        )
+        like = dict(dtype=self.alpha.dtype, device=self.alpha.device)
+        space, betas = self.space, iter(self.beta_inputs)
+        inputs = []
+        for i in range(1, space.cells + 1):
+            cands = space.input_candidates(i)
+            if len(cands) == 1:
+                p = torch.zeros(i, **like)
+                p[cands[0]] = 1.0
+            else:
+                p = torch.softmax(next(betas) / t, dim=0)
+                if len(cands) < i:  # spread over outputs 0..i-1
+                    p = torch.cat([torch.zeros(i - len(cands), **like), p])
+            inputs.append(p)
+        n = space.cells
+        fusion = (torch.softmax(self.beta_fusion / t, dim=0) if self.beta_fusion is not None
+                  else torch.full((n,), 1.0 / n, **like))
+        return ArchProbs(alpha=torch.softmax(self.alpha / t, dim=-1), inputs=inputs, fusion=fusion)
 
     def genotype(self):
         """The derived architecture under the current α and β (see :func:`hdnas.search.derive.derive`)."""
@@ -250,19 +289,28 @@ class SuperNet(nn.Module):
             lr = lr.contiguous(memory_format=torch.channels_last)
         outs = [self.stem(self.sub_mean(lr))]
         for i, cell in enumerate(self.cells, start=1):
-            if i == 1:
-                x = outs[0]
+            cands = self.space.input_candidates(i)
+            if len(cands) == 1:
+                x = outs[cands[0]]
+            elif f"cell{i}" in self.combine:
+                x = lrelu(self._weighted_conv(self.combine[f"cell{i}"], [outs[j] for j in cands], probs.inputs[i - 1][cands]))
             else:
                 p = probs.inputs[i - 1]
-                x = p[0] * outs[0]
-                for j in range(1, i):
+                x = p[cands[0]] * outs[cands[0]]
+                for j in cands[1:]:
                     x = x + p[j] * outs[j]
             outs.append(cell(x, probs.alpha[0 if shared else i - 1]))
-        w = self.space.fusion_cells * probs.fusion
-        if self.fused:  # scale the fusion conv's input columns instead of N feature maps
-            scale = w.repeat_interleave(self.space.channels).view(1, -1, 1, 1)
-            mixed = F.conv2d(torch.cat(outs[1:], dim=1), self.fusion.weight * scale, self.fusion.bias)
+        if self.beta_fusion is None:  # the reference: all cells, unweighted
+            mixed = self.fusion(torch.cat(outs[1:], dim=1))
         else:
-            mixed = self.fusion(torch.cat([w[j] * outs[j + 1] for j in range(len(self.cells))], dim=1))
+            mixed = self._weighted_conv(self.fusion, outs[1:], self.space.fusion_cells * probs.fusion)
         body = self.body(lrelu(mixed)) + outs[0]
         return self.upsampler(body, lr)
+
+    def _weighted_conv(self, conv: nn.Conv2d, maps: list[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
+        """``conv`` over the concat of ``w[j]·maps[j]``; fused: the weights scale the conv's input columns
+        instead of the feature maps (same result, fewer full-size multiplications)."""
+        if self.fused:
+            scale = w.repeat_interleave(self.space.channels).view(1, -1, 1, 1)
+            return F.conv2d(torch.cat(maps, dim=1), conv.weight * scale, conv.bias)
+        return conv(torch.cat([w[j] * m for j, m in enumerate(maps)], dim=1))

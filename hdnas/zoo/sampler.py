@@ -12,6 +12,7 @@ provenance says which sampler produced it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from dataclasses import dataclass
@@ -98,7 +99,7 @@ def _guided(space: SearchSpace, rng: random.Random, t: _Table, lo: float, hi: fl
     if space.shared_alpha:  # dead cells share the live cells' ops too
         for c in cells:
             c.ops = [chosen[(None, k)] for k in range(space.steps)]
-    return Genotype(skeleton.scale, skeleton.channels, cells, skeleton.fusion, skeleton.esa, skeleton.upsampler)
+    return dataclasses.replace(skeleton, cells=cells, provenance={})
 
 
 def random_genotypes(

@@ -9,6 +9,8 @@
     python tools/benchmark.py --suite quality --genotype derived/x4.json --model-index 0   # one model per command
     python tools/benchmark.py --suite quality --minutes 30 --json runs/benchmark/quality30.json
     python tools/benchmark.py --suite quality --steps 3000                 # equal steps instead of equal minutes
+    python tools/benchmark.py --suite quality --seeds 0 1 2 --threads 1    # per seed: search, random, RFDN; 2 arms
+    python tools/benchmark.py --suite quality --seeds 0 --arms steps --model-index 0 1   # a part of it
     python tools/benchmark.py --suite latency                      # predictor accuracy, x2/x3/x4 (+ scatter PNG)
     python tools/benchmark.py --suite latency --no-accuracy --budget-genotypes G.json --compare A.json B.json
 
@@ -70,16 +72,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("quality suite")
     g.add_argument("--genotype", nargs="+", help="searched genotype (quality; default derived/x4.json); "
                                                  "models: extra genotypes to measure")
-    g.add_argument("--minutes", type=float, help="training minutes per model (default 8)")
-    g.add_argument("--steps", type=int, help="train every model for these steps instead of --minutes (quality); "
+    g.add_argument("--minutes", type=float, help="training minutes per model (default 8; with --seeds: the "
+                                                 "equal-minutes arm, default 5)")
+    g.add_argument("--steps", type=int, help="train every model for these steps instead of --minutes (quality; with "
+                                             "--seeds: the equal-steps arm, default 400); "
                                              "steps of --compare (latency, default 2000)")
     g.add_argument("--data", nargs="+", metavar="DIR", help="training folders (default: T91 BSD200 under $HDNAS_DATA)")
     g.add_argument("--eval", nargs="+", metavar="SET", help="evaluation sets (default: Set5 Set14)")
     g.add_argument("--model-index", nargs="+", type=int, help="run only these models of the protocol (0 searched, "
                                                               "1 RFDN-style, 2.. random)")
-    g.add_argument("--n-random", type=int, help="random genotypes (default 5)")
+    g.add_argument("--n-random", type=int, help="random genotypes (default 5; with --seeds 3)")
     g.add_argument("--target-macs", help="Multi-Adds to match (default: the searched genotype's), e.g. 5G")
     g.add_argument("--seed", type=int, help="seed (default 0)")
+    g.add_argument("--seeds", nargs="+", type=int, help="the multi-seed protocol: per seed a search (reused when "
+                   "already under the runs folder), random nets within +-5%% of it, RFDN-style, trained in both arms")
+    g.add_argument("--arms", nargs="+", choices=("steps", "minutes"), help="--seeds: arms to run (default: both)")
+    g.add_argument("--search-budget", help="--seeds: Multi-Adds budget of each search (default 10G; 'none': the "
+                                           "search config's)")
+    g.add_argument("--search-config", help="--seeds: run config YAML of each search (default: the project default)")
+    g.add_argument("--search-overrides", nargs="+", metavar="KEY=VALUE", help="--seeds: search config overrides, as "
+                                                                              "tools/search.py takes them")
+    g.add_argument("--held-out", type=float, help="--seeds: share of the training images held out to pick the best "
+                                                  "random net (default 0.1)")
+    g.add_argument("--redo", action="store_true", help="--seeds: train again models already done")
+    g.add_argument("--runs-dir", help="quality: folder of the models' runs and, with --seeds, of the searched genotypes "
+                                      "(default runs/benchmark/quality)")
+    g.add_argument("--plan-only", action="store_true", help="--seeds: print the CPU-time estimate (after short probes) "
+                                                            "and stop")
     g = p.add_argument_group("latency suite")
     g.add_argument("--n-random-latency", type=int, help="random genotypes per scale (default 20)")
     g.add_argument("--no-accuracy", action="store_true", help="skip the predictor-accuracy part")
@@ -132,10 +151,21 @@ def main(argv: list[str] | None = None) -> int:
         _set(q, genotype=args.genotype[0] if args.genotype else None, minutes=args.minutes, data=args.data,
              eval_sets=args.eval, model_index=args.model_index, n_random=args.n_random, seed=args.seed,
              batch=args.batch, patch=args.patch, threads=args.threads or None,
-             target_macs=parse_count(args.target_macs, "--target-macs") if args.target_macs else None)
+             runs_dir=args.runs_dir, target_macs=parse_count(args.target_macs, "--target-macs") if args.target_macs else None)
         if args.scales and len(args.scales) == 1:
             q.scale = args.scales[0]
         q.steps = args.steps if "quality" in suites else None
+        if args.seeds is not None:
+            clash = [o for o, v in (("--genotype", args.genotype), ("--target-macs", args.target_macs),
+                                    ("--seed", args.seed)) if v is not None]
+            if clash:
+                raise BenchmarkError(f"{', '.join(clash)}: not used with --seeds (each seed searches its own genotype)")
+            q.seeds, q.steps = args.seeds, None
+            _set(q.multi, arms=args.arms, steps=args.steps, minutes=args.minutes, n_random=args.n_random,
+                 search_config=args.search_config, search_overrides=args.search_overrides, held_out=args.held_out)
+            if args.search_budget is not None:
+                q.multi.budget = None if args.search_budget.lower() == "none" else args.search_budget
+            q.multi.redo, q.multi.plan_only = args.redo, args.plan_only
 
         lat = LatencyBenchConfig.quick() if args.quick else LatencyBenchConfig()
         _set(lat, scales=args.scales, n_random=args.n_random_latency, seed=args.seed, repeats=args.repeats,

@@ -18,10 +18,11 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from hdnas.core.atomic import json_safe
+from hdnas.core.atomic import atomic_write_json, json_safe
 from hdnas.core.errors import HdnasError
 from hdnas.core.machine import machine_info
 
@@ -85,6 +86,70 @@ def merge_suite(
     entry["records"] = kept + [{**json_safe(r), "run": run_id} for r in records]
     used = {r["run"] for r in entry["records"]}
     entry["runs"] = [r for r in entry["runs"] if r["id"] in used]
+    return results
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike, block: bool = True) -> Iterator[bool]:
+    """An exclusive advisory lock on ``path`` (created if absent): yields True once held, or False at
+    once when ``block`` is False and another process holds it.
+
+    ``fcntl.flock``: the system drops the lock when its holder dies (a killed run leaves nothing to
+    clean up). Where ``fcntl`` is missing (Windows) it yields True without locking.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield True
+        return
+    with open(path, "a+") as fh:
+        held = True
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+        except BlockingIOError:
+            held = False
+        try:
+            yield held
+        finally:
+            if held:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _results_lock(path: Path):
+    return file_lock(path.with_name(path.name + ".lock"))
+
+
+def save_suite(
+    path: str | os.PathLike, suite: str, run: dict[str, Any], records: list[dict[str, Any]],
+    protocol: dict | None = None, update: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """:func:`merge_suite` into the results file itself: read, merge, ``update(entry)``, write, under a lock.
+
+    Re-reading under the lock is what lets processes side by side, or one suite saving record by
+    record, share one file without dropping each other's records. Returns the results written.
+    """
+    path = Path(path)
+    with _results_lock(path):
+        results = load_results(path)
+        merge_suite(results, suite, run, records, protocol)
+        if update is not None:
+            update(results["suites"][suite])
+        atomic_write_json(path, results)
+    return results
+
+
+def store_suite(path: str | os.PathLike, suite: str, entry: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
+    """Write one suite's ``entry`` (None: keep the file's, already saved by :func:`save_suite`) and its
+    ``seconds_last_run`` into the results file, re-read under the lock so other suites' entries stay."""
+    path = Path(path)
+    with _results_lock(path):
+        results = load_results(path)
+        if entry is not None:
+            results["suites"][suite] = entry
+        results["suites"].setdefault(suite, {"runs": [], "records": []})["seconds_last_run"] = seconds
+        atomic_write_json(path, results)
     return results
 
 
@@ -157,11 +222,14 @@ __all__ = [
     "SUITES",
     "BenchmarkError",
     "Log",
+    "file_lock",
     "format_table",
     "load_results",
     "merge_suite",
     "print_line",
     "run_info",
     "run_worker",
+    "save_suite",
+    "store_suite",
     "worker_main",
 ]

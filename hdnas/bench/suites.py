@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from hdnas.bench.common import SUITES, BenchmarkError, Log, load_results, merge_suite, print_line, run_info
+from hdnas.bench.common import (SUITES, BenchmarkError, Log, load_results, merge_suite, print_line, run_info, save_suite,
+                                store_suite)
 from hdnas.bench.dlsr_reference import reference_table, run_reference_comparison
 from hdnas.bench.latency import LatencyBenchConfig, latency_table, run_latency_suite
 from hdnas.bench.models import ModelsBenchConfig, models_table, run_models_suite
-from hdnas.bench.quality import QualityBenchConfig, quality_table, run_quality_suite
+from hdnas.bench.quality import QualityBenchConfig, quality_report, quality_summary, run_quality_suite
 from hdnas.bench.search import SearchBenchConfig, run_search_suite, search_table
-from hdnas.core.atomic import atomic_write_json
 
 
 def run_suites(
@@ -32,8 +32,9 @@ def run_suites(
 ) -> dict[str, Any]:
     """Run the named suites in order, merging each into ``json_path`` as soon as it finishes.
 
-    The file is written atomically after each suite, so an interrupted run never loses or truncates
-    what earlier suites measured.
+    The file is written atomically after each suite (the quality suite: after each model), re-read
+    under a lock each time, so an interrupted run never loses or truncates what earlier suites
+    measured, and processes side by side can share one file.
     """
     suites = list(suites)
     for s in suites:
@@ -43,6 +44,7 @@ def run_suites(
     results = load_results(json_path)  # fail on a bad file before hours of work
     for suite in suites:
         t0 = time.perf_counter()
+        saved = False  # True: the suite wrote its records into the file itself
         if suite == "search":
             cfg = search_cfg or (SearchBenchConfig.quick() if quick else SearchBenchConfig())
             records = run_search_suite(cfg, log)
@@ -64,11 +66,13 @@ def run_suites(
             log(latency_table(results["suites"][suite]["records"], merged))
         else:
             cfg = quality_cfg or (QualityBenchConfig.quick() if quick else QualityBenchConfig())
-            records, protocol = run_quality_suite(cfg, log)
-            merge_suite(results, suite, {**run_info(cfg), "quick": quick}, records, protocol={**protocol, "quick": quick})
-            log(quality_table(results["suites"]["quality"]["records"]))
-        results["suites"][suite]["seconds_last_run"] = round(time.perf_counter() - t0, 1)
-        atomic_write_json(json_path, results)
+            run = {**run_info(cfg), "quick": quick}
+            run_quality_suite(cfg, log, save=lambda recs, protocol: save_suite(
+                json_path, suite, run, recs, {**protocol, "quick": quick}, update=quality_summary))
+            saved = True
+            log(quality_report(load_results(json_path)["suites"][suite]))
+        results = store_suite(json_path, suite, None if saved else results["suites"][suite],
+                              round(time.perf_counter() - t0, 1))
         log(f"[{suite}] written to {json_path} ({time.perf_counter() - t0:.0f} s)")
     return results
 

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import random
 from dataclasses import dataclass
+from typing import Sequence
 
 from hdnas.core.config import format_count
 from hdnas.core.cost import HR_SIZE, cost_bounds, cost_table
@@ -112,8 +113,12 @@ def random_genotypes(
     rejection_tries: int = 5000,
     max_tries: int = 20000,
     distinct: bool = True,
+    exclude: Sequence[Genotype] = (),
 ) -> list[Genotype]:
     """``n`` valid genotypes of ``space`` whose exact Multi-Adds at ``hr_size`` (H, W) lie in ``macs_range``.
+
+    ``exclude``: nets none of the samples may equal (as built: dead cells aside), e.g. the searched
+    net a random baseline is compared with.
 
     ``macs_range`` None: any cost (plain random genotypes). Raises :class:`SamplerError` when the
     range lies outside what the space can reach (:func:`hdnas.core.cost.cost_bounds`), or when fewer
@@ -137,11 +142,12 @@ def random_genotypes(
         )
     t = _table(space, hr_size)
     found: list[Genotype] = []
+    banned = {_key(g) for g in exclude}
     seen: set[str] = set()
 
     def keep(g: Genotype, sampler: str) -> None:
         macs = _fast(g, t)
-        if not lo <= macs <= hi or (distinct and _key(g) in seen):
+        if not lo <= macs <= hi or (distinct and _key(g) in seen) or _key(g) in banned:
             return
         seen.add(_key(g))
         g.provenance = {

@@ -113,3 +113,15 @@ def test_tiny_search_meets_its_budget_without_swaps(tmp_path, images):  # noqa: 
     assert prov["budget_swaps"] == [] and prov["penalty_on"] == "argmax"
     assert abs(prov["argmax_multi_adds"] / budget - 1) <= 0.10, (prov["argmax_multi_adds"], budget)
     assert prov["depth"] == outcome.genotype.depth() >= 1
+
+
+def test_straight_through_is_exact_in_the_faithful_dlsr_space():
+    from hdnas.core.space import load_space
+    from tests.test_search import REPO
+
+    space = load_space(REPO / "search_spaces" / "dlsr.yaml", scale=2)
+    net = _net(space, seed=1)
+    hard = relax.straight_through(net.arch_probs(), space)
+    e = expected_macs(space, hard)
+    assert float(e.detach()) == count(derive(net, space)).macs
+    assert torch.autograd.grad(e, [net.alpha])[0].abs().sum() > 0

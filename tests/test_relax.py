@@ -125,3 +125,37 @@ def test_straight_through_is_exact_in_the_faithful_dlsr_space():
     e = expected_macs(space, hard)
     assert float(e.detach()) == count(derive(net, space)).macs
     assert torch.autograd.grad(e, [net.alpha])[0].abs().sum() > 0
+
+
+def test_keep_in_band_ends_on_the_last_step_whose_argmax_met_the_budget(tmp_path, images):  # noqa: F811
+    over = tiny_overrides(tmp_path, images)
+    base = load_search_config(None, None, over)
+    space = base.space
+    from hdnas.core.cost import cost_bounds
+
+    lo, hi = cost_bounds(space)
+    cfg = load_search_config(None, None, over + [f"search.budget={int(lo * 1.02)}"])
+    s = Searcher(cfg, progress=False, log=False)
+    cheap = [o for o in space.ops if o == "conv_1x1"][0]
+    with torch.no_grad():  # an in-band α (cheapest op everywhere, only the fusion cell live) ...
+        s.model.alpha.fill_(0)
+        s.model.alpha[..., space.ops.index(cheap)] = 5
+        s.model.beta_fusion.copy_(torch.tensor([5.0, 0.0]))
+    s._remember_if_in_band(7)
+    assert s.in_band is not None and s.in_band["step"] == 7
+    in_band = derive(s.model, space)
+    with torch.no_grad():  # ... then the search moves off the band
+        s.model.alpha.fill_(0)
+        s.model.alpha[..., space.ops.index("conv_3x3")] = 5
+    s._remember_if_in_band(8)
+    assert s.in_band["step"] == 7
+    probs, step = s.final_probs()
+    assert step == 7 and derive(probs, space).to_dict() == in_band.to_dict()
+    assert derive(s.model, space).to_dict() != in_band.to_dict()  # the model's own α is left as it was
+    s.save()
+    s2 = Searcher(cfg, progress=False, log=False)
+    assert s2.resume() and s2.in_band["step"] == 7  # the snapshot survives a kill
+    off = load_search_config(None, None, over + [f"search.budget={int(lo * 1.02)}", "search.keep_in_band=false"])
+    s3 = Searcher(off, progress=False, log=False)
+    s3._remember_if_in_band(1)
+    assert s3.in_band is None and s3.final_probs()[1] is None

@@ -75,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Multi-Adds {format_count(prov['multi_adds'])} at 1280x720 output"
           + (f" (budget {format_count(budget)}, {100 * (prov['multi_adds'] / budget - 1):+.1f}%)" if budget else "")
           + f"   params {format_count(prov['params'])}")
+    if prov.get("arch_from_step") is not None:
+        last = format_count(prov["last_argmax_multi_adds"]) + (
+            f", {prov['last_argmax_latency_ms']:.1f} ms" if prov.get("last_argmax_latency_ms") is not None else "")
+        print(f"  the last step's argmax ({last}) was outside the ±{100 * prov['config']['search']['derive_tolerance']:.0f}% "
+              f"band: derived from step {prov['arch_from_step'] + 1} of {prov['search_steps']}, the last inside it")
     if budget and prov.get("budget_swaps") and not lat_budget:
         print(f"  argmax derivation {format_count(prov['argmax_multi_adds'])} "
               f"({100 * (prov['argmax_multi_adds'] / budget - 1):+.1f}%); {len(prov['budget_swaps'])} op swap(s) "

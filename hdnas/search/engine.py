@@ -83,6 +83,10 @@ class SearchOptions:
     # Last resort, off by default: swap the fewest, least likely ops after the search to land in the
     # band; the swaps are listed in the genotype's provenance (budget_swaps).
     budget_derivation: bool = False
+    # Near the budget the argmax can cycle across it (one op flip moves a ×4 net by up to 24 %). With
+    # this on, a search whose last argmax is outside the band ends on the α, β of its last architecture
+    # step whose argmax was inside it (the step is in the provenance: arch_from_step).
+    keep_in_band: bool = True
     derive_tolerance: float = 0.10  # the band: exact Multi-Adds within ±tolerance of the budget
     val_every: int = 1  # epochs
 
@@ -210,6 +214,9 @@ class SearchResult:
     history: list[dict]
     argmax_macs: int | None = None  # exact cost of the plain argmax genotype (before any budget swaps)
     argmax_latency_ms: float | None = None  # its predicted latency, when a latency budget was set
+    arch_from_step: int | None = None  # keep_in_band: the architecture step whose α, β were derived (None: the last)
+    last_argmax_macs: int | None = None  # the argmax of the last α, β (differs only with arch_from_step)
+    last_argmax_latency_ms: float | None = None
     swaps: list[str] = field(default_factory=list)
 
 
@@ -273,6 +280,7 @@ class Searcher(Run):
             arch_loss=opts.arch_loss,
         )
         self._arch_step = 0  # the step whose generator draws the penalty's Gumbel sample
+        self.in_band: dict | None = None  # {"step", "arch"}: the last architecture step whose argmax met the budgets
         self.total_steps = opts.epochs * opts.steps_per_epoch
         self.penalty_tau = opts.penalty_tau_start
         self.epoch = 0
@@ -288,6 +296,7 @@ class Searcher(Run):
             "model": self.model.state_dict(),
             "w_optimizer": self.w_opt.state_dict(),
             "architect": self.architect.state_dict(),
+            "in_band": self.in_band,
         }
 
     def load_loop_state(self, state: dict) -> None:
@@ -295,6 +304,41 @@ class Searcher(Run):
         self.w_opt.load_state_dict(state["w_optimizer"])
         self.architect.load_state_dict(state["architect"])
         self.epoch = int(state["epoch"])
+        self.in_band = state.get("in_band")
+
+    # -- the band ---------------------------------------------------------------------------------
+    def argmax_costs(self, geno) -> dict[str, float]:
+        """The exact Multi-Adds and, with a latency budget, the predicted ms of a derived genotype."""
+        costs = {"macs": float(cost.count(geno, HR_SIZE).macs)}
+        if self.latency is not None:
+            costs["ms"] = float(self.latency.predict(geno))
+        return costs
+
+    def in_band_now(self, geno) -> bool:
+        """Every budget set is met by ``geno`` within ±search.derive_tolerance."""
+        tol, costs = self.cfg.search.derive_tolerance, self.argmax_costs(geno)
+        pairs = [(costs["macs"], self.budget), (costs.get("ms"), self.latency_budget)]
+        return all((1 - tol) * b <= c <= (1 + tol) * b for c, b in pairs if b is not None)
+
+    def _remember_if_in_band(self, step: int) -> None:
+        if (self.budget is None and self.latency_budget is None) or not self.cfg.search.keep_in_band:
+            return
+        if self.in_band_now(derive(self.model, self.cfg.space)):
+            self.in_band = {"step": step, "arch": [p.detach().clone() for p in self.model.arch_parameters()]}
+
+    def final_probs(self):
+        """α, β probabilities the search ends on: the last ones, or (keep_in_band) the last in the band."""
+        last = derive(self.model, self.cfg.space)
+        if self.in_band is None or (self.budget is None and self.latency_budget is None) or self.in_band_now(last):
+            return self.model.arch_probs(), None
+        saved = [p.detach().clone() for p in self.model.arch_parameters()]
+        with torch.no_grad():
+            for p, v in zip(self.model.arch_parameters(), self.in_band["arch"]):
+                p.copy_(v)
+            probs = self.model.arch_probs()
+            for p, v in zip(self.model.arch_parameters(), saved):
+                p.copy_(v)
+        return probs, int(self.in_band["step"])
 
     # -- loop -----------------------------------------------------------------------------------
     def _batch(self, step: int, half: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -359,6 +403,7 @@ class Searcher(Run):
                                 f"non-finite architecture loss at step {step} (epoch {epoch}); the last good "
                                 f"checkpoint {self.ckpt_path} is kept"
                             )
+                        self._remember_if_in_band(step)
                         sums["a_loss"] += res.loss
                         sums["penalty"] += res.penalty
                         expected = res.expected_macs
@@ -421,22 +466,25 @@ class Searcher(Run):
     def _result(self) -> SearchResult:
         opts = self.cfg.search
         val = self.history[-1]["val_psnr"] if self.history else float("nan")
+        probs, from_step = self.final_probs()
+        last = self.argmax_costs(derive(self.model, self.cfg.space))
         argmax_ms = None
         if self.latency_budget is not None and opts.budget_derivation:
-            res = derive_within_budget(self.model, self.cfg.space, self.latency_budget, opts.derive_tolerance, HR_SIZE,
+            res = derive_within_budget(probs, self.cfg.space, self.latency_budget, opts.derive_tolerance, HR_SIZE,
                                        cost=self.latency.predict)
             geno, argmax_ms, swaps = res.genotype, res.argmax_macs, res.swaps
-            argmax_macs = cost.count(derive(self.model, self.cfg.space), HR_SIZE).macs
+            argmax_macs = cost.count(derive(probs, self.cfg.space), HR_SIZE).macs
         elif self.budget is not None and opts.budget_derivation:
-            res = derive_within_budget(self.model, self.cfg.space, self.budget, opts.derive_tolerance, HR_SIZE)
+            res = derive_within_budget(probs, self.cfg.space, self.budget, opts.derive_tolerance, HR_SIZE)
             geno, argmax_macs, swaps = res.genotype, res.argmax_macs, res.swaps
         else:
-            geno = derive(self.model, self.cfg.space)
+            geno = derive(probs, self.cfg.space)
             argmax_macs, swaps = cost.count(geno, HR_SIZE).macs, []
             if self.latency is not None:
                 argmax_ms = self.latency.predict(geno)
         return SearchResult(geno, self.run_dir, val, self.data.bicubic_psnr(), self.history, argmax_macs=argmax_macs,
-                            swaps=swaps, argmax_latency_ms=argmax_ms)
+                            swaps=swaps, argmax_latency_ms=argmax_ms, arch_from_step=from_step,
+                            last_argmax_macs=int(last["macs"]), last_argmax_latency_ms=last.get("ms"))
 
     # -- validation and logging -----------------------------------------------------------------
     @torch.no_grad()
@@ -512,6 +560,10 @@ def provenance(cfg: SearchConfig, result: SearchResult, report, command: list[st
         "argmax_latency_ms": result.argmax_latency_ms,
         "budget_swaps": result.swaps,
         "penalty_on": cfg.search.penalty_on,
+        "arch_from_step": result.arch_from_step,
+        "search_steps": cfg.search.epochs * cfg.search.steps_per_epoch,
+        "last_argmax_multi_adds": result.last_argmax_macs,
+        "last_argmax_latency_ms": result.last_argmax_latency_ms,
         "depth": result.genotype.depth(),
         "expected_multi_adds": result.history[-1]["expected_macs"] if result.history else None,
         "val_psnr": result.val_psnr,

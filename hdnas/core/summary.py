@@ -100,8 +100,12 @@ def provenance_line(prov: dict[str, Any]) -> str:
         parts.append(f"budget {format_count(budget)}")
     elif "budget" in prov:
         parts.append("no budget")
+    if prov.get("penalty_on"):
+        parts.append(f"penalty on {prov['penalty_on']}")
     if prov.get("argmax_multi_adds") and prov.get("budget_swaps"):
         parts.append(f"argmax {format_count(prov['argmax_multi_adds'])}, {len(prov['budget_swaps'])} swap(s)")
+    if prov.get("arch_from_step") is not None and prov.get("search_steps"):
+        parts.append(f"α, β of step {prov['arch_from_step'] + 1}/{prov['search_steps']} (last in band)")
     if prov.get("val_psnr") is not None:
         bic = prov.get("val_psnr_bicubic")
         parts.append(f"val PSNR-Y {prov['val_psnr']:.2f} dB" + (f" (bicubic {bic:.2f})" if bic is not None else ""))

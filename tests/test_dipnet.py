@@ -13,7 +13,7 @@ from hdnas.core.weights import load_model
 from hdnas.train.distill import anchor_pairs
 from hdnas.train.losses import LossInputs, feature_distill_term, l1_term
 from hdnas.train.trainer import TrainError, stage_index
-from hdnas.zoo import rfdn_genotype
+from hdnas.zoo import build_reference, rfdn_genotype
 from test_train import make_trainer, tiny_cfg, tiny_genotype, tiny_teacher, weights
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -73,15 +73,21 @@ def test_feature_distillation_in_a_step_from_a_wider_deeper_zoo_teacher(tmp_path
     out = tr.train_step(0)
     assert out["feature_distill"] > 0 and out["distill"] > 0
     assert any(not torch.equal(b, c.weight) for b, c in zip(before, tr.features.aligners.convs))
-    # by name: the zoo's RFDN is a DerivedNet, so its cells are anchors too
-    zoo = make_trainer(tmp_path / "z", tiny_cfg(**FEAT, **{"teacher.model": "rfdn"}))
+    # by name (with trained weights): the zoo's RFDN is a DerivedNet, so its cells are anchors too
+    torch.save(build_reference("rfdn", 2).state_dict(), tmp_path / "rfdn.pt")
+    zoo = make_trainer(tmp_path / "z", tiny_cfg(**FEAT, **{"teacher.model": "rfdn",
+                                                           "teacher.weights": str(tmp_path / "rfdn.pt")}))
     assert len(zoo.features.pairs) == n and zoo.features.aligners.convs[0].weight.shape[0] == 48
 
 
 @pytest.mark.parametrize("model", ["bicubic", "fsrcnn"])
 def test_a_teacher_without_cells_is_a_clear_error(tmp_path, model):
+    weights = {}
+    if model != "bicubic":  # a zoo net with parameters needs its trained weights
+        torch.save(build_reference(model, 2).state_dict(), tmp_path / "w.pt")
+        weights = {"teacher.weights": str(tmp_path / "w.pt")}
     with pytest.raises(ConfigError, match=r"teacher\.model.*feature_distill.*no cells"):
-        make_trainer(tmp_path, tiny_cfg(**{"loss.feature_distill.enabled": "true", "teacher.model": model}))
+        make_trainer(tmp_path, tiny_cfg(**{"loss.feature_distill.enabled": "true", "teacher.model": model, **weights}))
     with pytest.raises(TrainError, match="loss.feature_distill is enabled but no teacher"):
         make_trainer(tmp_path / "n", tiny_cfg(**{"loss.feature_distill.enabled": "true"}))
 

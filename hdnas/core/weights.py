@@ -64,17 +64,53 @@ def load_model(
                 raise WeightsError(f"{path}: {why}")
         else:
             genotype = Genotype.from_dict(saved)
-        weights = state["ema"]["model"] if prefer_ema and state.get("ema") else state["model"]
         if state.get("adaptive"):
             net = AdaptiveNet(genotype, from_dict(AdaptiveConfig, state["adaptive"]))
-    else:
-        if genotype is None:
-            raise WeightsError(f"{path}: a bare state dict; pass the genotype it was trained for")
-        weights = state.get("model", state) if isinstance(state.get("model"), dict) else state
+    elif genotype is None:
+        raise WeightsError(f"{path}: a bare state dict; pass the genotype it was trained for")
     if net is None:
         net = DerivedNet(genotype)
+    load_weights(net, path, prefer_ema, map_location, state=state)
+    return net.eval(), genotype
+
+
+def trained_weights(state: dict, prefer_ema: bool = True) -> dict:
+    """The net's state dict inside a loaded file: a retrain checkpoint's EMA (when ``prefer_ema`` and
+    present) or ``model`` weights, ``{"model": state dict}``, or a bare state dict."""
+    if state.get("format") == CHECKPOINT_FORMAT:
+        return state["ema"]["model"] if prefer_ema and state.get("ema") else state["model"]
+    return state["model"] if isinstance(state.get("model"), dict) else state
+
+
+def load_weights(
+    net: nn.Module,
+    path: str | os.PathLike,
+    prefer_ema: bool = True,
+    map_location: str | torch.device = "cpu",
+    *,
+    state: dict | None = None,
+) -> nn.Module:
+    """Load the weights in ``path`` (any form :func:`trained_weights` reads) into ``net``, any module
+    (a zoo net too); a :class:`WeightsError` naming the file when they do not fit."""
+    if state is None:
+        state = load_checkpoint(path, map_location=map_location)
+    weights = trained_weights(state, prefer_ema)
     try:
         net.load_state_dict(weights)
     except RuntimeError as exc:
-        raise WeightsError(f"{path}: weights do not fit the genotype: {str(exc).splitlines()[0]}") from None
-    return net.eval(), genotype
+        what = "the genotype" if isinstance(net, DerivedNet) else f"a {type(net).__name__}"
+        raise WeightsError(f"{path}: weights do not fit {what}: {_misfit(net, weights, exc)}") from None
+    return net
+
+
+def _misfit(net: nn.Module, weights: dict, exc: RuntimeError) -> str:
+    """The first concrete reason a state dict does not load: a missing or unexpected key, or a shape."""
+    own = net.state_dict()
+    missing = [k for k in own if k not in weights]
+    extra = [k for k in weights if k not in own]
+    if missing or extra:
+        parts = [f"{len(missing)} missing (first '{missing[0]}')" if missing else "",
+                 f"{len(extra)} unexpected (first '{extra[0]}')" if extra else ""]
+        return "keys: " + ", ".join(p for p in parts if p)
+    lines = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln]
+    return lines[0] if lines else str(exc).splitlines()[0]

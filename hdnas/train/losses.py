@@ -74,10 +74,16 @@ class ImportanceConfig:
     lam: float = 0.15  # λ of round 1
     rho: float = 0.15  # λ grows by ρ per round
     round_steps: int = 500  # steps per round; round r covers steps [r·n, (r+1)·n)
+    # rounds > 0: the run in that many equal rounds by run fraction instead (the time fraction under
+    # --minutes, as the learning rate reads it), so the easy-to-hard schedule fits a run of any length
+    rounds: int = 0
+    normalize: bool = False  # divide the map by its batch mean: mean weight 1, the loss scale kept
 
     def validate(self) -> None:
         if self.round_steps < 1:
             raise ConfigError(f"loss.importance.round_steps: expected at least 1, got {self.round_steps}")
+        if self.rounds < 0:
+            raise ConfigError(f"loss.importance.rounds: expected 0 (use round_steps) or more, got {self.rounds}")
         if self.sigma < 0 or self.alpha < 0:
             raise ConfigError("loss.importance.alpha and .sigma: expected non-negative numbers")
 
@@ -238,12 +244,15 @@ def round_lambda(r: int, lam: float = 0.15, rho: float = 0.15) -> float:
 
 
 class ImportanceLearner:
-    """Per-pixel importance maps, computed per patch on the fly; rounds switch at fixed steps.
+    """Per-pixel importance maps, computed per patch on the fly; rounds switch at fixed steps
+    (``round_steps``) or at fixed fractions of the run (``rounds``).
 
     Round 0: ``w = w0`` (from the teacher's error, or 1 without a teacher). At the first step of
     round r ≥ 1 the student is copied and frozen; during the round ``e`` is that frozen copy's
     error on the current patch. Nothing is stored per image: the state is the round and the
-    frozen copy's weights (in checkpoints, so a resumed run continues exactly).
+    frozen copy's weights (in checkpoints, so a resumed run continues exactly). With ``normalize``
+    the map is divided by its mean over the batch (the trainer takes that mean over every process),
+    so importance redistributes the loss over pixels instead of also shrinking it.
     """
 
     def __init__(self, cfg: ImportanceConfig):
@@ -252,15 +261,18 @@ class ImportanceLearner:
         self.frozen: nn.Module | None = None
         self.last: torch.Tensor | None = None  # the latest map, for logging
 
-    def round_at(self, step: int) -> int:
+    def round_at(self, step: int, fraction: float = 0.0) -> int:
+        """The round of ``step``; with ``rounds`` set, of the run ``fraction`` (in [0, 1]) instead."""
+        if self.cfg.rounds > 0:
+            return min(int(fraction * self.cfg.rounds), self.cfg.rounds - 1)
         return step // self.cfg.round_steps
 
     def lam(self, r: int | None = None) -> float:
         return round_lambda(self.round if r is None else r, self.cfg.lam, self.cfg.rho)
 
-    def begin_step(self, step: int, student: nn.Module) -> bool:
-        """Enter the round of ``step``, freezing a copy of ``student`` when a new round starts."""
-        r = self.round_at(step)
+    def begin_step(self, step: int, student: nn.Module, fraction: float = 0.0) -> bool:
+        """Enter the round of ``step`` (at run ``fraction``), freezing a copy of ``student`` when a new round starts."""
+        r = self.round_at(step, fraction)
         if r == self.round and (r == 0 or self.frozen is not None):
             return False
         self.round = r
@@ -277,12 +289,17 @@ class ImportanceLearner:
 
     @torch.no_grad()
     def weights(
-        self, lr: torch.Tensor, hr: torch.Tensor, teacher_sr: torch.Tensor | None = None
+        self,
+        lr: torch.Tensor,
+        hr: torch.Tensor,
+        teacher_sr: torch.Tensor | None = None,
+        batch_mean: Callable[[float], float] | None = None,
     ) -> torch.Tensor | None:
         """The (B, 1, H, W) importance map of a batch, or None when every weight would be 1.
 
         Without a teacher w0 = 1 and the clamp makes every weight exactly 1 in every round, so
-        no frozen forward is spent on it.
+        no frozen forward is spent on it. ``batch_mean`` turns this process's mean weight into the
+        global batch's (under ``torchrun``) for ``normalize``.
         """
         if teacher_sr is None:
             self.last = None
@@ -293,6 +310,9 @@ class ImportanceLearner:
         else:
             w = importance_weights(w0, pixel_error(self.frozen(lr), hr), self.lam(), self.cfg.sigma)
         self.last = w
+        if self.cfg.normalize:
+            mean = float(w.mean())
+            w = w / max(batch_mean(mean) if batch_mean is not None else mean, 1e-8)
         return w
 
     def state_dict(self) -> dict:

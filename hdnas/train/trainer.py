@@ -21,6 +21,12 @@ features after its live cells are pulled toward the teacher's after paired cells
 1×1 aligners that train in the student's optimiser (a second parameter group) and sit in checkpoints
 under ``aligners``, outside ``model``: the saved net is the plain one.
 
+The teacher (``teacher.*``, :mod:`hdnas.train.teacher`): any trained net. With ``teacher.cache``
+(default) its outputs on the whole training images are computed once when the trainer is built and
+each batch crops them at the patches' windows, so a step runs no teacher; otherwise it runs once per
+step on the batch. Importance rounds switch at ``round_steps`` or, with ``loss.importance.rounds``, at
+fractions of the run (:func:`run_fraction`).
+
 Progressive learning (``train.progressive``, :class:`ProgressiveStage`): the LR patch grows stage by
 stage and a stage may switch the pixel term to L2. The stage is a pure function of the step (and of
 the ``--minutes`` time fraction, as the learning rate is; :func:`stage_index`) and the batch of a step
@@ -58,13 +64,13 @@ from hdnas.core.genotype import Genotype, load_genotype
 from hdnas.core.inference import upscale
 from hdnas.core.network import DerivedNet
 from hdnas.core.run import Run, RunError, build_data, patch_datasets
-from hdnas.core.weights import CHECKPOINT_FORMAT, genotype_mismatch, load_model
+from hdnas.core.weights import CHECKPOINT_FORMAT, genotype_mismatch
 from hdnas.train.adaptive import depth_loss, sample_depths
 from hdnas.train.distill import FeatureDistiller
 from hdnas.train.dual import DualModel
 from hdnas.train.losses import CompositeLoss, ImportanceLearner, LossConfig, LossInputs
 from hdnas.train.reparam import ReparamConfig, fold, reparameterise
-from hdnas.zoo import build_reference
+from hdnas.train.teacher import TeacherConfig, TeacherOutputs, build_teacher
 
 class TrainError(RunError):
     """Retraining cannot start or go on (non-finite loss, mismatched checkpoint, bad data)."""
@@ -150,17 +156,6 @@ class EMAConfig:
 
 
 @dataclass
-class TeacherConfig:
-    """A frozen teacher for ``loss.distill`` and importance round 0: a retrain checkpoint
-    (``weights``; its genotype is read from it), a genotype + a state dict file, or a parameter-free
-    zoo reference (``model: bicubic``: round 0 then starts from the pixels bicubic already gets right)."""
-
-    genotype: Optional[str] = None
-    weights: Optional[str] = None
-    model: Optional[str] = None  # a zoo reference name instead of weights
-
-
-@dataclass
 class RetrainConfig:
     name: str = ""  # run folder runs/<name>/; empty: retrain_x<scale>_<genotype file>_s<seed>
     genotype: str = ""  # genotype JSON (the CLI's --genotype)
@@ -217,12 +212,18 @@ def lr_factor(step: int, opts: TrainOptions, time_fraction: float = 0.0) -> floa
     return warm
 
 
+def run_fraction(step: int, opts: TrainOptions, time_fraction: float = 0.0) -> float:
+    """How far the run is at ``step``: the larger of ``step / steps`` and ``time_fraction`` (as
+    :func:`lr_factor` reads them), so a ``--minutes`` run moves through its stages with the clock."""
+    return max(step / opts.steps, min(max(time_fraction, 0.0), 1.0))
+
+
 def stage_index(step: int, opts: TrainOptions, time_fraction: float = 0.0) -> int:
-    """The progressive stage of ``step``: the first whose ``until`` exceeds the run fraction, the
-    larger of ``step / steps`` and ``time_fraction`` (as :func:`lr_factor` reads them); -1 without stages."""
+    """The progressive stage of ``step``: the first whose ``until`` exceeds :func:`run_fraction`;
+    -1 without stages."""
     if not opts.progressive:
         return -1
-    t = max(step / opts.steps, min(max(time_fraction, 0.0), 1.0))
+    t = run_fraction(step, opts, time_fraction)
     for i, st in enumerate(opts.progressive):
         if t < st.until:
             return i
@@ -287,6 +288,7 @@ class Trainer(Run):
         *,
         dist_ctx: DistContext | None = None,
         teacher: nn.Module | None = None,
+        teacher_outputs: TeacherOutputs | None = None,
         train_set: SRImageSet | None = None,
         val_set: SRImageSet | None = None,
         progress: bool = True,
@@ -331,6 +333,14 @@ class Trainer(Run):
         if lc.dual.enabled:
             self.dual = DualModel(self.scale, lc.dual.features).to(self.device, memory_format=fmt)
         self.teacher = self._build_teacher(teacher)
+        # the teacher's outputs of the whole training images, once (hdnas.train.teacher): no teacher
+        # forward per step; not with feature distillation, which reads the teacher's features every step
+        self.teacher_outputs: TeacherOutputs | None = None
+        if self.teacher is not None and cfg.teacher.cache and not lc.feature_distill.enabled:
+            if teacher_outputs is None:
+                teacher_outputs = TeacherOutputs(self.teacher, train_set, self.device)
+            teacher_outputs.check(train_set)
+            self.teacher_outputs = teacher_outputs
         self.features: FeatureDistiller | None = None
         groups = [{"params": list(self.model.parameters())}]
         if lc.feature_distill.enabled:
@@ -366,16 +376,11 @@ class Trainer(Run):
 
     # -- teacher ---------------------------------------------------------------------------------
     def _build_teacher(self, teacher: nn.Module | None) -> nn.Module | None:
-        tc = self.cfg.teacher
-        need = self.cfg.loss.distill.enabled or self.cfg.loss.feature_distill.enabled or (self.cfg.loss.importance.enabled and (tc.weights or tc.model))
-        if tc.weights and tc.model:
-            raise ConfigError("teacher: give weights (with genotype) or model, not both")
-        if teacher is None and tc.model and need:
-            teacher = build_reference(tc.model, self.scale)
-        if teacher is None and tc.weights and need:
-            teacher, tgeno = load_model(tc.weights, load_genotype(tc.genotype) if tc.genotype else None)
-            if tgeno.scale != self.scale:
-                raise TrainError(f"teacher {tc.weights} is for ×{tgeno.scale}, genotype is ×{self.scale}")
+        """The given module, or the one ``teacher.*`` names when a term uses it, frozen on the device."""
+        tc, lc = self.cfg.teacher, self.cfg.loss
+        need = lc.distill.enabled or lc.feature_distill.enabled or lc.importance.enabled
+        if teacher is None and need:
+            teacher = build_teacher(tc, self.scale)
         if teacher is None:
             return None
         teacher = teacher.to(self.device).eval()
@@ -457,26 +462,33 @@ class Trainer(Run):
         st = self.cfg.train.progressive[i]
         return ProgressiveStage(st.until, self.cfg.data.patch if st.patch is None else st.patch, st.loss)
 
-    def _batch(self, step: int, patch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch(self, step: int, patch: int | None = None) -> tuple[torch.Tensor, ...]:
+        """(LR, HR) of ``step``, this process's shard; and the cached teacher output third when there is one."""
         patches = self.patch_sets[self.stage(step).patch if patch is None else patch]
-        lr, hr = patches.sample_batch(self.cfg.data.batch, self.generator(step))
+        g = self.generator(step)
+        if self.teacher_outputs is not None:
+            batch = patches.sample_batch_with(self.cfg.data.batch, g, self.teacher_outputs)
+        else:
+            batch = patches.sample_batch(self.cfg.data.batch, g)
         sl = self.dist.shard(self.cfg.data.batch)
-        fmt = self.memory_format
-        return lr[sl].to(self.device, memory_format=fmt), hr[sl].to(self.device, memory_format=fmt)
+        return tuple(t[sl].to(self.device, memory_format=self.memory_format) for t in batch)
 
     def train_step(self, step: int) -> dict[str, float]:
         """One update at ``step``; raises :class:`TrainError` on a non-finite loss before touching weights."""
         if self.importance is not None:
-            self.importance.begin_step(step, self.model)
+            self.importance.begin_step(step, self.model, run_fraction(step, self.cfg.train, self.time_fraction()))
         stage = self.stage(step)
         self.patch = stage.patch
-        lr, hr = self._batch(step, stage.patch)
-        teacher_sr = teacher_feats = None
-        if self.teacher is not None:
+        lr, hr, *cached = self._batch(step, stage.patch)
+        teacher_sr = cached[0] if cached else None
+        teacher_feats = None
+        if self.teacher is not None and teacher_sr is None:
             reading = self.features.teacher() if self.features is not None else contextlib.nullcontext()
             with torch.no_grad(), reading as teacher_feats:
                 teacher_sr = self.teacher(lr)
-        weights = self.importance.weights(lr, hr, teacher_sr) if self.importance is not None else None
+        weights = None
+        if self.importance is not None:
+            weights = self.importance.weights(lr, hr, teacher_sr, self.dist.all_reduce_scalar)
         self.model.train()
         with self.features.student() if self.features is not None else contextlib.nullcontext() as student_feats:
             if self.adaptive is not None:  # one desired depth per image, seeded by the step (exact resume)
@@ -522,8 +534,8 @@ class Trainer(Run):
             self.ema.update(self.model)
         out = {"loss": loss_value}
         out.update({k: float(v.detach()) for k, v in parts.items()})
-        if weights is not None:
-            out["importance_mean"] = float(weights.mean())
+        if weights is not None:  # before normalisation: how much of the loss the map keeps
+            out["importance_mean"] = float(self.importance.last.mean())
         return out
 
     # -- validation ------------------------------------------------------------------------------

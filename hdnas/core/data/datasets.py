@@ -309,11 +309,12 @@ class PatchDataset:
             raise DataError(f"patch size must be >= 1, got {patch_size}")
         s = images.scale
         hr_p = patch_size * s
-        kept = []
-        for im in images:
+        kept, sources = [], []
+        for i, im in enumerate(images):
             lh, lw = im.lr.shape[-2:]
             if lh >= patch_size and lw >= patch_size:
                 kept.append(im)
+                sources.append(i)
             elif not skip_small:
                 hh, hw = im.original_hw or tuple(im.hr.shape[-2:])
                 raise DataError(
@@ -323,23 +324,29 @@ class PatchDataset:
         if not kept:
             raise DataError(f"{images.name}: no image is at least {hr_p}x{hr_p} for HR patches of that size")
         self.images = SRImageSet(kept, s, images.name)
+        self.sources = sources  # index of each kept image in the set given (for aligned extras)
         self.scale = s
         self.patch_size = int(patch_size)
         self.augment = augment
 
-    def _crop(self, img_index: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw one aligned uint8 patch pair from image ``img_index`` with generator ``g``."""
+    def _crop(
+        self, img_index: int, g: torch.Generator, aligned: Sequence[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """Draw one aligned uint8 patch pair from image ``img_index`` with generator ``g`` (and the
+        same HR window of ``aligned[source]``, flipped alike, third)."""
         im = self.images.images[img_index]
         p, s = self.patch_size, self.scale
         lh, lw = im.lr.shape[-2:]
         y = int(torch.randint(0, lh - p + 1, (1,), generator=g))
         x = int(torch.randint(0, lw - p + 1, (1,), generator=g))
-        lr = im.lr[:, y : y + p, x : x + p]
-        hr = im.hr[:, y * s : (y + p) * s, x * s : (x + p) * s]
+        hr_window = (slice(None), slice(y * s, (y + p) * s), slice(x * s, (x + p) * s))
+        out = [im.lr[:, y : y + p, x : x + p], im.hr[hr_window]]
+        if aligned is not None:
+            out.append(aligned[self.sources[img_index]][hr_window])
         if self.augment:
             k = int(torch.randint(0, 8, (1,), generator=g))
-            lr, hr = _dihedral(lr, k), _dihedral(hr, k)
-        return lr, hr
+            out = [_dihedral(t, k) for t in out]
+        return tuple(out)
 
     def sample_batch(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch ``(B, 3, p, p)``, ``(B, 3, p*s, p*s)`` drawn directly, no DataLoader.
@@ -347,8 +354,20 @@ class PatchDataset:
         Images are drawn uniformly at random (not ``i % n``); the result depends only on the
         generator's state, so seed it once per run and keep its state in checkpoints.
         """
-        idx = torch.randint(0, len(self.images), (batch,), generator=generator).tolist()
-        pairs = [self._crop(i, generator) for i in idx]
-        lr = torch.stack([a for a, _ in pairs]).float().div_(255.0)
-        hr = torch.stack([b for _, b in pairs]).float().div_(255.0)
+        lr, hr = self._sample(batch, generator, None)
         return lr, hr
+
+    def sample_batch_with(
+        self, batch: int, generator: torch.Generator, aligned: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`sample_batch` plus the same HR windows of ``aligned``: one uint8 HR-sized
+        ``(C, sH, sW)`` tensor per image of the set this sampler was built from (a teacher's
+        outputs, say), cropped and flipped as the HR patch. The LR/HR patches are those
+        :meth:`sample_batch` draws from the same generator state."""
+        lr, hr, extra = self._sample(batch, generator, aligned)
+        return lr, hr, extra
+
+    def _sample(self, batch: int, generator: torch.Generator, aligned: Sequence[torch.Tensor] | None):
+        idx = torch.randint(0, len(self.images), (batch,), generator=generator).tolist()
+        crops = [self._crop(i, generator, aligned) for i in idx]
+        return tuple(torch.stack([c[j] for c in crops]).float().div_(255.0) for j in range(len(crops[0])))

@@ -13,8 +13,13 @@
     python tools/benchmark.py --suite quality --seeds 0 --arms steps --model-index 0 1   # a part of it
     python tools/benchmark.py --suite latency                      # predictor accuracy, x2/x3/x4 (+ scatter PNG)
     python tools/benchmark.py --suite latency --no-accuracy --budget-genotypes G.json --compare A.json B.json
+    python tools/benchmark.py --suite ablation --teacher-genotype derived/x4_25G.json --teacher-steps 2000 \
+        --steps 400 --threads 1                                    # loss terms (a)-(e) -> benchmarks/ablation_x4_<date>.json
+    python tools/benchmark.py --suite ablation --teacher runs/big/best.pt --runs c e --tag gentle \
+        --retrain-overrides loss.importance.alpha=30 loss.importance.b=0.03   # a variant of the importance runs
 
-Results merge into --json (default runs/benchmark/benchmark.json, --quick: runs/benchmark/quick.json):
+Results merge into --json (default runs/benchmark/benchmark.json, --quick: runs/benchmark/quick.json,
+the ablation alone: benchmarks/ablation_x<scale>_<date>.json):
 a record replaces the one with the same key, so a suite can run piece by piece. Without --suite,
 the search and models suites run (quality trains for about an hour; ask for it by name).
 All logic lives in hdnas.bench (one module per suite); this file parses arguments and prints.
@@ -32,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from hdnas.bench.ablation import AblationBenchConfig, default_json  # noqa: E402
 from hdnas.bench.common import REPO_ROOT, SUITES, BenchmarkError  # noqa: E402
 from hdnas.bench.latency import LatencyBenchConfig  # noqa: E402
 from hdnas.bench.models import ModelsBenchConfig  # noqa: E402
@@ -96,7 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                   "random net (default 0.1)")
     g.add_argument("--redo", action="store_true", help="--seeds: train again models already done")
     g.add_argument("--runs-dir", help="quality: folder of the models' runs and, with --seeds, of the searched genotypes "
-                                      "(default runs/benchmark/quality)")
+                                      "(default runs/benchmark/quality); ablation: of its runs and teacher "
+                                      "(default runs/benchmark/ablation)")
     g.add_argument("--plan-only", action="store_true", help="--seeds: print the CPU-time estimate (after short probes) "
                                                             "and stop")
     g = p.add_argument_group("latency suite")
@@ -106,6 +113,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--budget-genotypes", nargs="+", metavar="G", help="genotypes measured against their latency budget")
     g.add_argument("--compare", nargs="+", metavar="G", help="genotypes trained for --steps and scored on --eval")
     g.add_argument("--plot", help="scatter PNG (default: the results file with .png)")
+    g = p.add_argument_group("ablation suite (also --genotype, --steps, --seed, --data, --eval, --runs-dir)")
+    g.add_argument("--runs", nargs="*", help="runs of the ablation (default: a b c d e; none: score the teacher alone)")
+    g.add_argument("--teacher", help="trained teacher checkpoint for runs c, d, e")
+    g.add_argument("--teacher-genotype", help="train this genotype as the teacher first (instead of --teacher)")
+    g.add_argument("--teacher-steps", type=int, help="steps of that teacher (default 2000)")
+    g.add_argument("--no-teacher-cache", action="store_true",
+                   help="run the teacher on every batch instead of once per training image")
+    g.add_argument("--tag", help="record key suffix for a variant (e.g. of the importance options)")
+    g.add_argument("--retrain-overrides", nargs="+", metavar="KEY=VALUE",
+                   help="retraining config overrides for every run, as tools/retrain.py takes them "
+                        "(not the terms, seed, steps or teacher, which the suite sets)")
     return p.parse_args(argv)
 
 
@@ -121,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         suites = args.suite or (["search", "models", "quality"] if args.quick else ["search", "models"])
+        if args.retrain_overrides and "ablation" not in suites:
+            raise BenchmarkError("--retrain-overrides: for the ablation suite")
         out = args.json or str(REPO_ROOT / "runs" / "benchmark" / ("quick.json" if args.quick else "benchmark.json"))
 
         s = SearchBenchConfig.quick() if args.quick else SearchBenchConfig()
@@ -176,7 +196,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_rebuild:
             lat.rebuild = False
 
-        run_suites(suites, out, s, m, q, lat, quick=args.quick)
+        ab = AblationBenchConfig()
+        _set(ab, genotype=args.genotype[0] if args.genotype else None, steps=args.steps, seed=args.seed,
+             data=args.data, eval_sets=args.eval, runs=args.runs, teacher=args.teacher,
+             teacher_genotype=args.teacher_genotype, teacher_steps=args.teacher_steps, tag=args.tag,
+             threads=args.threads or None, overrides=args.retrain_overrides, runs_dir=args.runs_dir)
+        if args.no_teacher_cache:
+            ab.teacher_cache = False
+        if suites == ["ablation"] and not args.json:
+            out = str(default_json(ab))
+
+        run_suites(suites, out, s, m, q, lat, ab, quick=args.quick)
     except HdnasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

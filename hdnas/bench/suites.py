@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from hdnas.bench.ablation import AblationBenchConfig, ablation_table, run_ablation_suite
 from hdnas.bench.common import (SUITES, BenchmarkError, Log, load_results, merge_suite, print_line, run_info, save_suite,
                                 store_suite)
 from hdnas.bench.dlsr_reference import reference_table, run_reference_comparison
@@ -27,6 +28,7 @@ def run_suites(
     models_cfg: ModelsBenchConfig | None = None,
     quality_cfg: QualityBenchConfig | None = None,
     latency_cfg: LatencyBenchConfig | None = None,
+    ablation_cfg: AblationBenchConfig | None = None,
     quick: bool = False,
     log: Log = print_line,
 ) -> dict[str, Any]:
@@ -34,7 +36,7 @@ def run_suites(
 
     The file is written atomically after each suite (the quality suite: after each model), re-read
     under a lock each time, so an interrupted run never loses or truncates what earlier suites
-    measured, and processes side by side can share one file.
+    measured, and processes side by side can share one file (the ablation's runs a, b beside c, d, e).
     """
     suites = list(suites)
     for s in suites:
@@ -64,6 +66,12 @@ def run_suites(
             merged = results["suites"][suite].setdefault("summary", {})
             merged.update(summary if cfg.accuracy else {k: v for k, v in summary.items() if k in ("target", "hr_size")})
             log(latency_table(results["suites"][suite]["records"], merged))
+        elif suite == "ablation":
+            cfg = ablation_cfg or AblationBenchConfig()
+            records, protocol = run_ablation_suite(cfg, log)
+            save_suite(json_path, suite, {**run_info(cfg), "quick": quick}, records, protocol)
+            saved = True
+            log(ablation_table(load_results(json_path)["suites"][suite]["records"]))
         else:
             cfg = quality_cfg or (QualityBenchConfig.quick() if quick else QualityBenchConfig())
             run = {**run_info(cfg), "quick": quick}

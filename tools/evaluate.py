@@ -13,6 +13,11 @@ Trained nets (the scale is the genotype's):
     python tools/evaluate.py --checkpoint runs/retrain_x4_x4_s0/best.pt --data ../shared/data/Set5 --json out.json
     python tools/evaluate.py --genotype derived/x4.json --weights weights.pt --data DIR --save-images out/sr
 
+AdaDSR nets (an adaptive checkpoint): PSNR, Multi-Adds, latency and the depth map's spread and
+correlation with local detail at each desired depth, and a picture of one image's depth maps:
+
+    python tools/evaluate.py --checkpoint runs/ada/best.pt --data DIR --depth 2 4 6 --json s.json --depth-image baboon
+
 Images are processed whole, or in overlapping tiles when they do not fit in memory (or with
 --tile); tiling is exact for nets without ESA (see hdnas.core.inference).
 """
@@ -65,6 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.add_argument("--compare", metavar="CKPT", help="with --depth: a non-adaptive checkpoint measured the same way")
     a.add_argument("--plot", metavar="PNG", help="with --depth: PSNR against Multi-Adds and against latency")
     a.add_argument("--repeats", type=int, default=3, help="with --depth: timed forwards per image (median)")
+    a.add_argument("--depth-image", metavar="NAME",
+                   help="with --depth: picture the depth map at each depth beside this image's LR (e.g. baboon)")
+    a.add_argument("--depth-png", metavar="PNG",
+                   help="where --depth-image goes (default: depthmap_<NAME>.png beside --plot, --json, or here)")
     return p.parse_args(argv)
 
 
@@ -108,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _depth_sweep(net, args: argparse.Namespace) -> int:
     from hdnas.core.adaptive import AdaptiveNet
-    from hdnas.deploy.depth import depth_sweep
+    from hdnas.deploy.depth import depth_picture, depth_sweep
     from hdnas.core.data import build_dataset
     from hdnas.core.atomic import atomic_write_json
     from hdnas.core.plots import save_depth_sweep_png
@@ -120,6 +129,16 @@ def _depth_sweep(net, args: argparse.Namespace) -> int:
     for folder in args.data or [None]:
         ds = build_dataset([folder] if folder else None, net.scale, args.split)
         sets[ds.name] = ds
+    if args.depth_image:  # before the sweep: a wrong name fails at once
+        found = [im for ds in sets.values() for im in ds if im.name == args.depth_image]
+        if not found:
+            names = ", ".join(im.name for ds in sets.values() for im in ds)
+            raise HdnasError(f"--depth-image {args.depth_image}: no such image (have: {names})")
+        where = Path(args.plot or args.json or "x").parent
+        png = args.depth_png or where / f"depthmap_{args.depth_image}.png"
+        title = f"AdaDSR depth map: {args.depth_image}"
+        print(f"depth map {depth_picture(net.cpu(), found[0].lr, list(args.depth), png, title)}")
+        net.to(_device(args.device))
     baseline = load_model(args.compare)[0] if args.compare else None
     device = _device(args.device)
     sweep = depth_sweep(net, sets, list(args.depth), baseline=baseline, repeats=args.repeats, device=device, log=print)

@@ -21,6 +21,11 @@ single map over residual blocks); ``cell`` — one map per live cell gating its 
 With ``pool`` (default) the depth map is averaged over each ``tile × tile`` block, in training and
 at inference, so gates are constant per block and the skipping honours them fully.
 
+Allocation (``allocation``): ``scale`` (default) — ``D = d · 2σ(z)``, the mean of D is held near d
+only by the depth penalty; ``softmax`` — ``D = d · softmax(z)`` over the image's blocks, area-weighted
+so the pixel mean of D is exactly ``min(d, U)`` and only *where* the depth goes is learned
+(:func:`softmax_allocation`; blocks past U are clipped and their excess is given to the others).
+
 Execution (:class:`AdaptiveNet`): ``dense`` computes every unit and multiplies by the gate (training,
 export); ``tiles`` (inference) splits the LR map into ``tile × tile`` blocks and runs a unit only on
 the blocks where its gate is non-zero somewhere, each with a halo of the op's radius, batched into
@@ -48,10 +53,11 @@ from hdnas.core.ops import conv_macs, get_op, op_macs
 
 __all__ = [
     "AdaptiveConfig", "DepthAdapter", "AdaptiveNet", "DepthCost", "cost_at_depth",
-    "active_tiles",
+    "active_tiles", "softmax_allocation", "block_areas",
 ]
 
 GROUPS = ("network", "cell")
+ALLOCATIONS = ("scale", "softmax")
 
 
 @dataclass
@@ -65,10 +71,18 @@ class AdaptiveConfig:
     tile: int = 16  # LR block side of the skipping execution
     pool: bool = True  # average the depth map over each tile: gates are what the tiles execution can skip
     val_depth: Optional[float] = None  # depth that validation scores; None: the top of depth_range
+    allocation: str = "scale"  # scale: D = d·2σ(z) | softmax: D = d·softmax(z) over blocks, mean exactly d
+    init: Optional[str] = None  # a retrain checkpoint of the same genotype whose weights start the backbone
+    freeze_backbone: bool = False  # with init: train the adapter alone (the paper's fine-tuning)
 
     def validate(self) -> None:
         if self.groups not in GROUPS:
             raise ConfigError(f"adaptive.groups: expected one of {', '.join(GROUPS)}, got '{self.groups}'")
+        if self.allocation not in ALLOCATIONS:
+            raise ConfigError(f"adaptive.allocation: expected one of {', '.join(ALLOCATIONS)}, "
+                              f"got '{self.allocation}'")
+        if self.freeze_backbone and not self.init:
+            raise ConfigError("adaptive.freeze_backbone: needs adaptive.init (a trained backbone to keep)")
         if self.channels < 1 or self.layers < 2:
             raise ConfigError("adaptive.channels: expected ≥ 1 and adaptive.layers ≥ 2 (3×3 convs)")
         if not (isinstance(self.depth_range, (list, tuple)) and len(self.depth_range) == 2):
@@ -102,8 +116,12 @@ class DepthAdapter(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
+    def logits(self, feat: torch.Tensor) -> torch.Tensor:
+        """z, one map per group: what either allocation turns into depth."""
+        return self.head(self.body(feat))
+
     def forward(self, feat: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        z = self.head(self.body(feat))
+        z = self.logits(feat)
         return d.reshape(-1, 1, 1, 1).to(z.dtype) * 2.0 * torch.sigmoid(z)
 
     def macs(self, h: int, w: int) -> int:
@@ -113,6 +131,55 @@ class DepthAdapter(nn.Module):
 
 def _tile_grid(h: int, w: int, tile: int) -> tuple[int, int]:
     return math.ceil(h / tile), math.ceil(w / tile)
+
+
+def block_areas(h: int, w: int, tile: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(nh, nw): pixels in each ``tile × tile`` block of an h×w map (border blocks are partial)."""
+    nh, nw = _tile_grid(h, w, tile)
+    rows = (h - tile * torch.arange(nh, device=device)).clamp(max=tile).to(dtype)
+    cols = (w - tile * torch.arange(nw, device=device)).clamp(max=tile).to(dtype)
+    return rows[:, None] * cols[None, :]
+
+
+def _unpool(blocks: torch.Tensor, tile: int, h: int, w: int) -> torch.Tensor:
+    """A (B, G, nh, nw) block map at pixel resolution (B, G, h, w)."""
+    return blocks.repeat_interleave(tile, dim=2).repeat_interleave(tile, dim=3)[..., :h, :w]
+
+
+def softmax_allocation(z: torch.Tensor, d: torch.Tensor, tile: int, top: float) -> torch.Tensor:
+    """Depth per pixel (B, G, h, w), constant per ``tile × tile`` block, from logits ``z`` (B, G, h, w):
+    ``D_k = c · exp(z̄_k)`` with z̄_k the block mean of z and c set so that the area-weighted mean
+    of D over each image's blocks is exactly ``min(d, top)``.
+
+    Why a softmax: the budget is fixed, so the adapter can only move depth between blocks, never
+    buy quality with more of it; the depth penalty has nothing left to do. Why area weights: border
+    blocks are partial, and the pixel mean of D is what the budget is. Blocks above ``top`` (every
+    unit open) would waste depth, so they are clipped to ``top`` and the excess goes to the others
+    in proportion to their weights (water-filling: sort blocks by z̄, find the fewest clipped
+    blocks for which the rest fit; closed form, no loop, so export traces it)."""
+    b, g, h, w = z.shape
+    zb = F.avg_pool2d(z, tile, ceil_mode=True) if tile > 1 else z
+    area = block_areas(h, w, tile, z.device, z.dtype).reshape(1, 1, -1)
+    zf = zb.reshape(b, g, -1)
+    n = zf.shape[-1]
+    budget = torch.minimum(d.to(z.dtype).reshape(-1, 1, 1), torch.tensor(float(top), dtype=z.dtype, device=z.device))
+    budget = budget * float(h * w)  # Σ area·D
+    zs, order = zf.sort(dim=-1, descending=True)
+    e = torch.exp(zs - zs[..., :1])  # ≤ 1: no overflow
+    a = area.expand(b, g, n).gather(-1, order)
+    zero = torch.zeros(b, g, 1, dtype=z.dtype, device=z.device)
+    clipped_area = torch.cat([zero, a.cumsum(-1)], -1)  # A_k: area of the k deepest blocks
+    rest = (a * e).flip(-1).cumsum(-1).flip(-1)  # S_k = Σ_{j ≥ k} a_j e_j, k < n
+    left = budget - top * clipped_area[..., :n]  # R_k: budget left for blocks k.. once 0..k-1 sit at top
+    fits = left * e <= top * rest * (1 + 1e-6)  # block k (the deepest unclipped) stays ≤ top
+    k = (~fits).sum(-1, keepdim=True)  # fewest clipped blocks (fits is monotone in k)
+    rest_k = torch.cat([rest, zero], -1).gather(-1, k)
+    left_k = budget - top * clipped_area.gather(-1, k)
+    scale = torch.where(rest_k > 0, left_k / rest_k.clamp_min(torch.finfo(z.dtype).tiny), zero)
+    depth = torch.where(k >= n, torch.full_like(zf, top),
+                        torch.minimum(scale * torch.exp(zf - zs[..., :1]), torch.full_like(zf, top)))
+    nh, nw = zb.shape[-2:]
+    return _unpool(depth.reshape(b, g, nh, nw), tile, h, w)
 
 
 def active_tiles(gate: torch.Tensor, tile: int) -> torch.Tensor:
@@ -176,14 +243,16 @@ class AdaptiveNet(DerivedNet):
 
         Why pool: with a per-pixel map one deep pixel makes its whole block run; averaging per
         block keeps mean(D) and makes the gates the ones that execution honours, in training as at
-        inference."""
+        inference. The softmax allocation shares the budget among the blocks (pixels without pool)."""
+        t = self.cfg.tile if self.cfg.pool else 1
+        if self.cfg.allocation == "softmax":
+            return softmax_allocation(self.adapter.logits(stem), self._d(d, stem), t,
+                                      float(self.depth_bounds()[1]))
         depth = self.adapter(stem, self._d(d, stem))
-        if not self.cfg.pool:
+        if t == 1:
             return depth
-        t = self.cfg.tile
         h, w = depth.shape[-2:]
-        pooled = F.avg_pool2d(depth, t, ceil_mode=True)
-        return pooled.repeat_interleave(t, dim=2).repeat_interleave(t, dim=3)[..., :h, :w]
+        return _unpool(F.avg_pool2d(depth, t, ceil_mode=True), t, h, w)
 
     def _d(self, d, lr: torch.Tensor) -> torch.Tensor:
         if d is None:

@@ -82,3 +82,32 @@ def save_depth_sweep_png(sweep: dict, path, title: str = ""):
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return path
+
+
+def save_depth_maps_png(lr, maps: list, depths: list[float], top: float, path, title: str = ""):
+    """The LR image (uint8 (3, h, w)) and beside it one AdaDSR depth map (h, w) per desired depth, on one
+    colour scale from 0 to ``top`` (every unit open), each titled with its mean and block spread."""
+    img = _np(lr).transpose(1, 2, 0) / 255.0
+    n = len(maps)
+    h, w = img.shape[:2]
+    width = 3.2 * (n + 1) * max(0.6, min(1.6, w / h))
+    fig, axes = plt.subplots(1, n + 1, figsize=(width, 3.4), constrained_layout=True, squeeze=False)
+    axes = axes[0]
+    axes[0].imshow(np.clip(img, 0, 1), interpolation="nearest")
+    axes[0].set_title("LR", fontsize=9)
+    im = None
+    for ax, m, d in zip(axes[1:], maps, depths):
+        m = _np(m)
+        im = ax.imshow(m, cmap="magma", vmin=0, vmax=top, interpolation="nearest")
+        ax.set_title(f"d={d:g}: mean {m.mean():.2f}, pixel std {m.std():.2f}", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if im is not None:
+        fig.colorbar(im, ax=list(axes[1:]), fraction=0.03, label="open refinement steps D")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path

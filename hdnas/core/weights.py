@@ -103,6 +103,32 @@ def load_weights(
     return net
 
 
+def load_backbone(net: AdaptiveNet, path: str | os.PathLike, prefer_ema: bool = True,
+                  map_location: str | torch.device = "cpu") -> list[str]:
+    """Start an adaptive net from a trained net of the same genotype (AdaDSR fine-tunes its adapter on a
+    trained backbone): a plain retrain checkpoint fills everything but the adapter, an adaptive one
+    the adapter too. Returns the keys left as they were (the adapter's, for a plain checkpoint); a
+    :class:`WeightsError` naming the file for another genotype or any other misfit."""
+    state = load_checkpoint(path, map_location=map_location)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise WeightsError(f"{path}: not a retrain checkpoint (adaptive.init needs one, with its genotype)")
+    why = genotype_mismatch(state["genotype"], net.genotype)
+    if why is not None:
+        raise WeightsError(f"{path}: {why}")
+    weights = trained_weights(state, prefer_ema)
+    own = net.state_dict()
+    extra = [k for k in weights if k not in own]
+    missing = [k for k in own if k not in weights]
+    if extra or any(not k.startswith("adapter.") for k in missing):
+        raise WeightsError(f"{path}: weights do not fit the adaptive net's backbone: "
+                           f"{_misfit(net, weights, RuntimeError(''))}")
+    try:
+        net.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path}: weights do not fit the adaptive net's backbone: {_misfit(net, weights, exc)}") from None
+    return missing
+
+
 def _misfit(net: nn.Module, weights: dict, exc: RuntimeError) -> str:
     """The first concrete reason a state dict does not load: a missing or unexpected key, or a shape."""
     own = net.state_dict()

@@ -64,7 +64,8 @@ from hdnas.core.genotype import Genotype, load_genotype
 from hdnas.core.inference import upscale
 from hdnas.core.network import DerivedNet
 from hdnas.core.run import Run, RunError, build_data, patch_datasets
-from hdnas.core.weights import CHECKPOINT_FORMAT, genotype_mismatch
+from hdnas.core.errors import HdnasError
+from hdnas.core.weights import CHECKPOINT_FORMAT, genotype_mismatch, load_backbone
 from hdnas.train.adaptive import depth_loss, sample_depths
 from hdnas.train.distill import FeatureDistiller
 from hdnas.train.dual import DualModel
@@ -324,6 +325,14 @@ class Trainer(Run):
         fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         self.memory_format = fmt
         net = AdaptiveNet(genotype, cfg.adaptive) if cfg.adaptive.enabled else DerivedNet(genotype)
+        if cfg.adaptive.enabled and cfg.adaptive.init:  # a trained backbone (a resume overwrites it)
+            try:
+                load_backbone(net, cfg.adaptive.init)
+            except (HdnasError, OSError) as exc:
+                raise TrainError(f"adaptive.init: {exc}") from None
+            if cfg.adaptive.freeze_backbone:  # the adapter alone learns; the backbone stays the trained net
+                for name, p in net.named_parameters():
+                    p.requires_grad_(name.startswith("adapter."))
         self.reparam = cfg.reparam.enabled
         if self.reparam:  # after the plain net is built: its k×k weights are the plain run's, seed for seed
             reparameterise(net, cfg.reparam)
@@ -342,7 +351,7 @@ class Trainer(Run):
             teacher_outputs.check(train_set)
             self.teacher_outputs = teacher_outputs
         self.features: FeatureDistiller | None = None
-        groups = [{"params": list(self.model.parameters())}]
+        groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
         if lc.feature_distill.enabled:
             field_name = "teacher.model" if cfg.teacher.model else "teacher.weights" if cfg.teacher.weights else "teacher"
             self.features = FeatureDistiller(self.model, self.teacher, field_name).to(self.device, memory_format=fmt)
@@ -515,7 +524,7 @@ class Trainer(Run):
                 + ("" if self.last_path.exists() else " (none was written yet)")
             )
         total.backward()
-        params = [p for p in self.model.parameters()]
+        params = [p for p in self.model.parameters() if p.requires_grad]
         if self.features is not None:
             params += list(self.features.parameters())
         if self.dual is not None:

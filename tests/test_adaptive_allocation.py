@@ -13,6 +13,7 @@ from hdnas.core.adaptive import AdaptiveConfig, AdaptiveNet, block_areas, softma
 from hdnas.core.config import ConfigError, from_dict
 from hdnas.core.weights import load_model
 from hdnas.deploy.depth import block_depths, block_detail, depth_statistics, depth_sweep
+from hdnas.train.adaptive import block_gain, gain_loss
 from hdnas.train.trainer import TrainError
 
 from test_adaptive import genotype
@@ -87,6 +88,7 @@ def test_adaptive_net_with_softmax_allocation_spends_exactly_d():
 
 @pytest.mark.parametrize("field,value,match", [
     ("allocation", "uniform", "adaptive.allocation"), ("freeze_backbone", True, "adaptive.init"),
+    ("gain_weight", 0.5, "adaptive.gain_weight"), ("gain_weight", -1.0, "adaptive.gain_weight"),
 ])
 def test_bad_allocation_config_names_the_field(field, value, match):
     with pytest.raises(ConfigError, match=match):
@@ -197,3 +199,45 @@ def test_sweep_reports_spread_and_correlation_and_the_tool_draws_the_map(tmp_pat
     assert tool.main(["--checkpoint", str(ckpt), "--data", str(folder), "--depth", "1", "--device", "cpu",
                       "--depth-image", "nonesuch", "--depth-png", str(tmp_path / "x.png")]) == 2
     assert not (tmp_path / "x.png").exists()
+
+
+# ------------------------------------------------------------------------------ the gain-tied loss
+def test_block_gain_is_the_error_drop_from_depth_zero_to_full_depth():
+    torch.manual_seed(0)
+    net = AdaptiveNet(genotype(0), AdaptiveConfig(enabled=True, allocation="softmax", tile=4))
+    lr, hr = torch.rand(2, 3, 10, 13), torch.rand(2, 3, 20, 26)
+    gain = block_gain(net, lr, hr)
+    assert gain.shape == (2, 3, 4) and gain.min() >= 0 and not gain.requires_grad
+    with torch.no_grad():
+        shallow = net.forward_depth(lr, depth_map=torch.zeros(2, 1, 10, 13), execution="dense")[0]
+        deep = net.forward_depth(lr, depth_map=torch.full((2, 1, 10, 13), 9.0), execution="dense")[0]
+    block = (..., slice(8, 16), slice(0, 8))  # LR block (1, 0) at ×2
+    want = ((shallow - hr).abs()[block].mean(dim=(1, 2, 3)) - (deep - hr).abs()[block].mean(dim=(1, 2, 3))).clamp_min(0)
+    torch.testing.assert_close(gain[:, 1, 0], want)
+
+
+def test_gain_loss_pulls_depth_toward_the_blocks_that_gain():
+    torch.manual_seed(0)
+    net = AdaptiveNet(genotype(0), AdaptiveConfig(enabled=True, allocation="softmax", tile=4, gain_weight=1.0))
+    lr = torch.rand(1, 3, 8, 8)
+    gain = torch.tensor([[[0.0, 0.0], [0.0, 1.0]]])  # only the last block earns anything
+    before = gain_loss(net, lr, gain).detach()
+    assert float(before) == pytest.approx(float(torch.log(torch.tensor(4.0))), abs=1e-5)  # flat q, one-hot p
+    opt = torch.optim.SGD(net.adapter.parameters(), lr=0.5)
+    for _ in range(5):
+        opt.zero_grad()
+        gain_loss(net, lr, gain).backward()
+        opt.step()
+    with torch.no_grad():
+        depth = net.forward_depth(lr, 2.0)[1][0, 0]
+    assert float(gain_loss(net, lr, gain).detach()) < float(before)
+    assert float(depth[4:, 4:].mean()) > 2.0 > float(depth[:4, :4].mean())
+    assert float(gain_loss(net, lr, torch.zeros(1, 2, 2)).detach()) == 0.0  # nothing gains: nothing to learn
+
+
+def test_trainer_runs_with_the_gain_loss(tmp_path):
+    cfg = tiny_cfg(**{"adaptive.enabled": True, "adaptive.tile": 4, "loss.dual.enabled": False,
+                      "adaptive.allocation": "softmax", "adaptive.gain_weight": 0.5, "data.patch": 12})
+    tr = make_trainer(tmp_path, cfg)
+    tr.run()
+    assert "depth_gain" in tr.history[-1] and tr.history[-1]["depth_gain"] >= 0

@@ -74,6 +74,7 @@ class AdaptiveConfig:
     allocation: str = "scale"  # scale: D = d·2σ(z) | softmax: D = d·softmax(z) over blocks, mean exactly d
     init: Optional[str] = None  # a retrain checkpoint of the same genotype whose weights start the backbone
     freeze_backbone: bool = False  # with init: train the adapter alone (the paper's fine-tuning)
+    gain_weight: float = 0.0  # softmax only: λ_g·KL(share of the full-depth gain ‖ share of the depth) per block
 
     def validate(self) -> None:
         if self.groups not in GROUPS:
@@ -81,6 +82,9 @@ class AdaptiveConfig:
         if self.allocation not in ALLOCATIONS:
             raise ConfigError(f"adaptive.allocation: expected one of {', '.join(ALLOCATIONS)}, "
                               f"got '{self.allocation}'")
+        if self.gain_weight < 0 or (self.gain_weight > 0 and self.allocation != "softmax"):
+            raise ConfigError(f"adaptive.gain_weight: expected 0, or > 0 with adaptive.allocation=softmax, "
+                              f"got {self.gain_weight} with {self.allocation}")
         if self.freeze_backbone and not self.init:
             raise ConfigError("adaptive.freeze_backbone: needs adaptive.init (a trained backbone to keep)")
         if self.channels < 1 or self.layers < 2:

@@ -66,7 +66,7 @@ from hdnas.core.network import DerivedNet
 from hdnas.core.run import Run, RunError, build_data, patch_datasets
 from hdnas.core.errors import HdnasError
 from hdnas.core.weights import CHECKPOINT_FORMAT, genotype_mismatch, load_backbone
-from hdnas.train.adaptive import depth_loss, sample_depths
+from hdnas.train.adaptive import block_gain, depth_loss, gain_loss, sample_depths
 from hdnas.train.distill import FeatureDistiller
 from hdnas.train.dual import DualModel
 from hdnas.train.losses import CompositeLoss, ImportanceLearner, LossConfig, LossInputs
@@ -516,6 +516,9 @@ class Trainer(Run):
             parts["depth"] = depth_loss(depth, d)
             parts["depth_mean"] = depth.detach().mean()
             total = total + self.adaptive.weight * parts["depth"]
+            if self.adaptive.gain_weight > 0:  # where full depth helps most, from the current backbone
+                parts["depth_gain"] = gain_loss(self.model, lr, block_gain(self.model, lr, hr))
+                total = total + self.adaptive.gain_weight * parts["depth_gain"]
         loss_value = self.dist.all_reduce_scalar(float(total.detach()))
         if not math.isfinite(loss_value):
             raise TrainError(

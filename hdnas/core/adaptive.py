@@ -152,38 +152,33 @@ def _unpool(blocks: torch.Tensor, tile: int, h: int, w: int) -> torch.Tensor:
 
 def softmax_allocation(z: torch.Tensor, d: torch.Tensor, tile: int, top: float) -> torch.Tensor:
     """Depth per pixel (B, G, h, w), constant per ``tile × tile`` block, from logits ``z`` (B, G, h, w):
-    ``D_k = c · exp(z̄_k)`` with z̄_k the block mean of z and c set so that the area-weighted mean
-    of D over each image's blocks is exactly ``min(d, top)``.
+    ``D_k = c · exp(z̄_k)`` with z̄_k the block mean of z and c set so that the mean of D over each
+    image's pixels is exactly ``min(d, top)``.
 
     Why a softmax: the budget is fixed, so the adapter can only move depth between blocks, never
-    buy quality with more of it; the depth penalty has nothing left to do. Why area weights: border
-    blocks are partial, and the pixel mean of D is what the budget is. Blocks above ``top`` (every
-    unit open) would waste depth, so they are clipped to ``top`` and the excess goes to the others
-    in proportion to their weights (water-filling: sort blocks by z̄, find the fewest clipped
-    blocks for which the rest fit; closed form, no loop, so export traces it)."""
-    b, g, h, w = z.shape
-    zb = F.avg_pool2d(z, tile, ceil_mode=True) if tile > 1 else z
-    area = block_areas(h, w, tile, z.device, z.dtype).reshape(1, 1, -1)
-    zf = zb.reshape(b, g, -1)
-    n = zf.shape[-1]
-    budget = torch.minimum(d.to(z.dtype).reshape(-1, 1, 1), torch.tensor(float(top), dtype=z.dtype, device=z.device))
-    budget = budget * float(h * w)  # Σ area·D
-    zs, order = zf.sort(dim=-1, descending=True)
+    buy quality with more of it; the depth penalty has nothing left to do. Why over pixels, not
+    blocks: border blocks are partial, and the pixel mean of D is what the budget is (a block
+    weighs by its area). Blocks above ``top`` (every unit open) would waste depth, so they are
+    clipped to ``top`` and the excess goes to the others in proportion to their weights
+    (water-filling: sort by z̄, find the fewest clipped pixels for which the rest fit; pixels of one
+    block tie, and the test is the same for every pixel of a tie, so whole blocks clip). Closed
+    form on shapes read from the tensors: no loop, and ONNX export traces it for any image size."""
+    zb = _unpool(F.avg_pool2d(z, tile, ceil_mode=True), tile, z.shape[-2], z.shape[-1]) if tile > 1 else z
+    zf = zb.flatten(2)  # B, G, P
+    ones = torch.ones_like(zf)
+    d_eff = d.to(z.dtype).reshape(-1, 1, 1).clamp(max=top)
+    budget = d_eff * ones.sum(-1, keepdim=True)  # Σ_pixels D
+    zs, _ = zf.sort(dim=-1, descending=True)
     e = torch.exp(zs - zs[..., :1])  # ≤ 1: no overflow
-    a = area.expand(b, g, n).gather(-1, order)
-    zero = torch.zeros(b, g, 1, dtype=z.dtype, device=z.device)
-    clipped_area = torch.cat([zero, a.cumsum(-1)], -1)  # A_k: area of the k deepest blocks
-    rest = (a * e).flip(-1).cumsum(-1).flip(-1)  # S_k = Σ_{j ≥ k} a_j e_j, k < n
-    left = budget - top * clipped_area[..., :n]  # R_k: budget left for blocks k.. once 0..k-1 sit at top
-    fits = left * e <= top * rest * (1 + 1e-6)  # block k (the deepest unclipped) stays ≤ top
-    k = (~fits).sum(-1, keepdim=True)  # fewest clipped blocks (fits is monotone in k)
-    rest_k = torch.cat([rest, zero], -1).gather(-1, k)
-    left_k = budget - top * clipped_area.gather(-1, k)
-    scale = torch.where(rest_k > 0, left_k / rest_k.clamp_min(torch.finfo(z.dtype).tiny), zero)
-    depth = torch.where(k >= n, torch.full_like(zf, top),
-                        torch.minimum(scale * torch.exp(zf - zs[..., :1]), torch.full_like(zf, top)))
-    nh, nw = zb.shape[-2:]
-    return _unpool(depth.reshape(b, g, nh, nw), tile, h, w)
+    before = ones.cumsum(-1) - 1  # j: pixels ahead of pixel j in the order, all clipped if j is the first to fit
+    rest = e.flip(-1).cumsum(-1).flip(-1)  # Σ_{i ≥ j} e_i (a suffix sum: no cancellation in the tail)
+    fits = (budget - top * before) * e <= top * rest * (1 + 1e-6)  # pixel j stays ≤ top with 0..j-1 clipped
+    k = fits.to(torch.uint8).argmax(-1, keepdim=True)  # the first that fits: fewest clipped (fits is monotone)
+    rest_k = torch.cat([rest, rest[..., :1] * 0], -1).gather(-1, k)
+    scale = (budget - top * k.to(z.dtype)) / rest_k.clamp_min(torch.finfo(z.dtype).tiny)
+    depth = torch.minimum(scale * torch.exp(zf - zs[..., :1]), torch.full_like(zf, top))
+    depth = torch.where((~fits).all(-1, keepdim=True), torch.full_like(zf, top), depth)
+    return depth.reshape(zb.shape)
 
 
 def active_tiles(gate: torch.Tensor, tile: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from hdnas.bench.common import SUITES, BenchmarkError, Log, load_results, merge_suite, print_line, run_info
+from hdnas.bench.compress import CompressBenchConfig, compress_table, run_compress_suite
 from hdnas.bench.latency import LatencyBenchConfig, latency_table, run_latency_suite
 from hdnas.bench.models import ModelsBenchConfig, models_table, run_models_suite
 from hdnas.bench.quality import QualityBenchConfig, quality_table, run_quality_suite
@@ -26,13 +27,16 @@ def run_suites(
     models_cfg: ModelsBenchConfig | None = None,
     quality_cfg: QualityBenchConfig | None = None,
     latency_cfg: LatencyBenchConfig | None = None,
+    compress_cfg: CompressBenchConfig | None = None,
     quick: bool = False,
     log: Log = print_line,
 ) -> dict[str, Any]:
     """Run the named suites in order, merging each into ``json_path`` as soon as it finishes.
 
     The file is written atomically after each suite, so an interrupted run never loses or truncates
-    what earlier suites measured.
+    what earlier suites measured. The compress suite also writes after each of its parts, reading the
+    file again just before, so records another command wrote meanwhile (parts may run side by side)
+    are kept.
     """
     suites = list(suites)
     for s in suites:
@@ -52,6 +56,20 @@ def run_suites(
             records, dense = run_models_suite(cfg, log)
             merge_suite(results, suite, {**run_info(cfg), "quick": quick, "dense_conv_gmacs": dense}, records)
             log(models_table(records))
+        elif suite == "compress":
+            cfg = compress_cfg or CompressBenchConfig()
+            info = {**run_info(cfg), "quick": quick}
+
+            def save(records, protocol, suite=suite, info=info):  # after each part: re-read, merge, write
+                nonlocal results
+                results = load_results(json_path)
+                merge_suite(results, suite, info, records, protocol=protocol)
+                atomic_write_json(json_path, results)
+
+            existing = results["suites"].get(suite, {}).get("records", [])
+            records, protocol = run_compress_suite(cfg, log, existing=existing, save=save)
+            save(records, protocol)
+            log(compress_table(results["suites"][suite]["records"]))
         elif suite == "latency":
             cfg = latency_cfg or (LatencyBenchConfig.quick() if quick else LatencyBenchConfig())
             records, summary = run_latency_suite(cfg, log, plot_default=json_path.with_suffix(".png"))

@@ -27,7 +27,7 @@ from hdnas.core.weights import CHECKPOINT_FORMAT, genotype_mismatch, load_model
 from hdnas.compress.config import CompressConfig, CompressError, check_rate
 from hdnas.compress.drc import (ChannelSearch, ChannelSearchResult, search_run_dir, select_channels, uniform_widths,
                                 widths_genotype)
-from hdnas.compress.prune import IterativeResult, finetune, iterative_prune, l1_prune, train_from_scratch, widths_of
+from hdnas.compress.prune import Clock, IterativeResult, finetune, iterative_prune, l1_prune, train_from_scratch, widths_of
 from hdnas.train.trainer import TrainResult
 
 
@@ -95,12 +95,13 @@ class CompressResult:
 def run_compress(cfg: CompressConfig, checkpoint: str | os.PathLike, out: str | os.PathLike, *,
                  genotype: Genotype | None = None, scale: int | None = None, widths_from: str | None = None,
                  resume: bool = False, force: bool = False, progress: bool = True, log: bool = True,
-                 train_set=None, val_set=None, search_data=None) -> CompressResult:
+                 train_set=None, val_set=None, search_data=None, clock: Clock = time.monotonic) -> CompressResult:
     """Compress ``checkpoint`` by ``cfg.method`` into ``out`` (module docstring).
 
     ``widths_from``: for ``l1`` / ``scratch``, a genotype JSON (e.g. a DRC run's ``genotype.json``) whose
     widths to use; default the uniform widths of ``cfg.rate``. ``iterative`` reads no rate: its
-    ``iterative`` section (step rate, tolerance) decides the widths.
+    ``iterative`` section (step rate, tolerance) decides the widths. ``clock`` measures ``cfg.minutes``
+    (``time.process_time``: CPU time, so a loaded machine does not shorten the run).
     """
     t0 = time.monotonic()
     out = check_folder(out, "the compression output folder", CompressError)
@@ -127,7 +128,7 @@ def run_compress(cfg: CompressConfig, checkpoint: str | os.PathLike, out: str | 
     minutes_left = cfg.minutes
     if cfg.method == "drc":
         searcher = ChannelSearch(cfg, net, search_run_dir(out), dual_state=dual_state, data=search_data,
-                                 progress=progress, log=log)
+                                 progress=progress, log=log, clock=clock)
         searcher.start(resume=resume and searcher.ckpt_path.exists(), force=force)
         search = searcher.run()
         widths = search.widths
@@ -135,20 +136,20 @@ def run_compress(cfg: CompressConfig, checkpoint: str | os.PathLike, out: str | 
         if cfg.minutes is not None:  # the search's time (over resumes) comes off the total
             minutes_left = cfg.minutes - search.seconds / 60.0
         result = finetune(pruned, net, cfg, out, minutes_left, resume=resume, force=force, train_set=train_set,
-                          val_set=val_set, progress=progress, log=log)
+                          val_set=val_set, progress=progress, log=log, clock=clock)
     elif cfg.method == "l1":
         widths = target_widths
         result = finetune(l1_prune(net, widths), net, cfg, out, minutes_left, resume=resume, force=force,
-                          train_set=train_set, val_set=val_set, progress=progress, log=log)
+                          train_set=train_set, val_set=val_set, progress=progress, log=log, clock=clock)
     elif cfg.method == "iterative":
         iterative = iterative_prune(net, cfg, out, minutes_left, resume=resume, force=force, train_set=train_set,
-                                    val_set=val_set, progress=progress, log=log)
+                                    val_set=val_set, progress=progress, log=log, clock=clock)
         widths = widths_of(iterative.net.genotype)
         result = iterative.train
     else:
         widths = target_widths
         result = train_from_scratch(geno, widths, cfg, out, minutes_left, resume=resume, force=force,
-                                    train_set=train_set, val_set=val_set, progress=progress, log=log)
+                                    train_set=train_set, val_set=val_set, progress=progress, log=log, clock=clock)
     pruned_geno = iterative.net.genotype if iterative is not None else widths_genotype(geno, widths)
     pruned_geno = Genotype.from_dict(pruned_geno.to_dict())  # a copy: the provenance is this run's
     after = count(pruned_geno)

@@ -20,6 +20,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -77,10 +78,13 @@ def retrain_config(cfg: CompressConfig, minutes: float | None, distill: bool) ->
                          data=copy.deepcopy(cfg.data), train=train, loss=loss)
 
 
+Clock = Callable[[], float]
+
+
 def _train(rcfg: RetrainConfig, genotype: Genotype, out, init: nn.Module | None, teacher: nn.Module | None, *,
-           resume: bool, force: bool, train_set, val_set, progress: bool, log: bool) -> TrainResult:
+           resume: bool, force: bool, train_set, val_set, progress: bool, log: bool, clock: Clock) -> TrainResult:
     trainer = Trainer(rcfg, genotype, out, teacher=teacher, train_set=train_set, val_set=val_set,
-                      progress=progress, log=log)
+                      progress=progress, log=log, clock=clock)
     if not (resume and trainer.resume(missing_ok=True)):
         trainer.start(force=force)
         if init is not None:
@@ -91,25 +95,25 @@ def _train(rcfg: RetrainConfig, genotype: Genotype, out, init: nn.Module | None,
 def finetune(pruned: DerivedNet, teacher: nn.Module | None, cfg: CompressConfig, out: str | os.PathLike,
              minutes: float | None = None, *, resume: bool = False, force: bool = False,
              train_set: SRImageSet | None = None, val_set: SRImageSet | None = None, progress: bool = True,
-             log: bool = True) -> TrainResult:
+             log: bool = True, clock: Clock = time.monotonic) -> TrainResult:
     """Train ``pruned`` from its own weights with ``teacher`` (the unpruned net) for ``loss.distill``;
     writes ``out/best.pt`` and ``out/last.pt`` (retrain checkpoints). ``resume`` continues ``out/last.pt``
-    when there is one."""
+    when there is one. ``clock`` measures ``minutes`` (``time.process_time``: CPU time)."""
     if type(pruned) is not DerivedNet:
         raise CompressError(f"fine-tuning expects a plain DerivedNet, got {type(pruned).__name__}")
     rcfg = retrain_config(cfg, minutes, distill=teacher is not None)
     return _train(rcfg, pruned.genotype, out, pruned, teacher, resume=resume, force=force, train_set=train_set,
-                  val_set=val_set, progress=progress, log=log)
+                  val_set=val_set, progress=progress, log=log, clock=clock)
 
 
 def train_from_scratch(genotype: Genotype, widths: dict[str, int], cfg: CompressConfig, out: str | os.PathLike,
                        minutes: float | None = None, *, resume: bool = False, force: bool = False,
                        train_set: SRImageSet | None = None, val_set: SRImageSet | None = None,
-                       progress: bool = True, log: bool = True) -> TrainResult:
+                       progress: bool = True, log: bool = True, clock: Clock = time.monotonic) -> TrainResult:
     """The genotype at ``widths`` trained from a fresh init, no teacher (the from-scratch baseline)."""
     rcfg = retrain_config(cfg, minutes, distill=False)
     return _train(rcfg, widths_genotype(genotype, widths), out, None, None, resume=resume, force=force,
-                  train_set=train_set, val_set=val_set, progress=progress, log=log)
+                  train_set=train_set, val_set=val_set, progress=progress, log=log, clock=clock)
 
 
 # ---------------------------------------------------------------------------------- iterative (DIPNet)
@@ -160,7 +164,8 @@ class IterativeResult:
 
 def iterative_prune(net: DerivedNet, cfg: CompressConfig, out: str | os.PathLike, minutes: float | None = None, *,
                     resume: bool = False, force: bool = False, train_set: SRImageSet | None = None,
-                    val_set: SRImageSet | None = None, progress: bool = True, log: bool = True) -> IterativeResult:
+                    val_set: SRImageSet | None = None, progress: bool = True, log: bool = True,
+                    clock: Clock = time.monotonic) -> IterativeResult:
     """DIPNet's iterative pruning of ``net`` (module docstring): round r fine-tunes in ``out/round{r}``;
     the last good net is written to ``out/best.pt`` (a retrain checkpoint: ``load_model`` reads it).
 
@@ -175,9 +180,9 @@ def iterative_prune(net: DerivedNet, cfg: CompressConfig, out: str | os.PathLike
     if train_set is None or val_set is None:
         (t,), v = build_data(cfg.data, net.genotype.scale, cfg.seed)
         train_set, val_set = train_set or t, val_set or v
-    t0 = time.monotonic()
+    t0 = clock()
     reference = held_out_psnr(net, val_set, cfg.data.val_tile)
-    per_round = None if minutes is None else max(minutes - (time.monotonic() - t0) / 60.0, 0.0) / opts.max_rounds
+    per_round = None if minutes is None else max(minutes - (clock() - t0) / 60.0, 0.0) / opts.max_rounds
     current, kept, kept_ckpt, kept_train = net, 0, None, None
     rounds: list[IterativeRound] = []
     stopped = "max_rounds"
@@ -189,7 +194,7 @@ def iterative_prune(net: DerivedNet, cfg: CompressConfig, out: str | os.PathLike
             break
         run_dir = out / f"round{r}"
         res = finetune(l1_prune(current, target), net, cfg, run_dir, per_round, resume=resume, force=force,
-                       train_set=train_set, val_set=val_set, progress=progress, log=log)
+                       train_set=train_set, val_set=val_set, progress=progress, log=log, clock=clock)
         rep = count(widths_genotype(current.genotype, target))
         drop = reference - res.best_psnr
         good = drop <= opts.tolerance

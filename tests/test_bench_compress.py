@@ -55,7 +55,7 @@ def test_compress_suite_tiny_writes_every_part_then_a_latency_pass(tmp_path):
         assert r["macs"] > 0 and r["params"] > 0 and r["seconds"] >= 0
         assert set(r["eval"]) == {"Tiny5"} and math.isfinite(r["eval"]["Tiny5"]["psnr"]) and r["eval"]["Tiny5"]["images"] == 2
         assert r["latency_ms"] > 0 and isinstance(r["latency"]["loaded_machine"], bool)
-        assert r["latency"]["hr_size"] == [32, 48] and r["latency"]["dense_conv_gmacs_before"] > 0
+        assert r["latency"]["hr_size"] == [32, 48] and r["latency"]["dense_conv_gmacs_per_round"][0] > 0
     base = recs["base"]
     ft = recs["base+ft"]
     assert ft["macs"] == base["macs"] and ft["net_params"] == base["net_params"] and ft["train"]["steps"] == 2
@@ -80,11 +80,13 @@ def test_compress_suite_tiny_writes_every_part_then_a_latency_pass(tmp_path):
     assert any("dip:iterative" in line for line in lines)
 
     # a latency-only pass: every record measured again, the earlier figure kept beside it
-    run_suites(["compress"], out, compress_cfg=tiny_config(tmp_path / "again", parts=["latency"]), log=lambda m: None)
+    run_suites(["compress"], out, compress_cfg=tiny_config(tmp_path / "again", parts=["latency"], latency_rounds=2),
+               log=lambda m: None)
     again = {r["key"]: r for r in json.loads(out.read_text())["suites"]["compress"]["records"]}
     assert set(again) == set(recs)
     for k, r in again.items():
         assert r["latency"]["measured"].startswith("separate latency pass") and r["latency_ms"] > 0
+        assert len(r["latency"]["rounds_ms"]) == 2 and len(r["latency"]["dense_conv_gmacs_per_round"]) == 2
         assert r["latency_previous"]["latency_ms"] == recs[k]["latency_ms"]
         assert r["eval"] == recs[k]["eval"]
 

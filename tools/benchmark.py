@@ -105,6 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--no-latency", action="store_true", help="compress: no latency beside each record")
     g.add_argument("--latency-threads", type=int, help="compress: threads of the latency measurements "
                                                         "(default: --threads)")
+    g.add_argument("--latency-rounds", type=int, help="compress, --parts latency: interleaved passes over the nets "
+                                                       "(median; default 5)")
     return p.parse_args(argv)
 
 
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
              base_checkpoint=args.base_checkpoint, base_minutes=args.base_minutes, rates=args.rates, parts=args.parts,
              data=args.data, eval_sets=args.eval, seed=args.seed, threads=args.threads or None,
              step_rate=args.step_rate, tolerance=args.tolerance, prune_fraction=args.prune_fraction,
-             prune_rounds=args.prune_rounds, latency_threads=args.latency_threads,
+             prune_rounds=args.prune_rounds, latency_threads=args.latency_threads, latency_rounds=args.latency_rounds,
              hr_size=tuple(args.hr_size) if args.hr_size else None)
         if args.no_latency:
             c.latency = False

@@ -21,11 +21,12 @@ key, so the suite can run piece by piece, e.g. one part per command):
 
 Every record holds the exact Multi-Adds and params (at 1280×720 output), the CPU latency of the net
 at ``hr_size`` output (:func:`hdnas.core.latency.measure_genotype`: median of forwards after
-warm-up, ``latency_threads``), PSNR/SSIM-Y on each evaluation set, the steps each run took and the
-load average around it. Beside each latency: the 1-minute load average and the machine's dense
-3×3 conv throughput (:func:`hdnas.core.timing.dense_conv_gmacs`) just before it, and
-``loaded_machine``, true when that load average exceeded the measuring threads by more than 0.5 —
-other work was running, and the figure is not a fair latency.
+warm-up, ``latency_threads``; the latency pass: the median of ``latency_rounds`` interleaved passes
+over the distinct nets), PSNR/SSIM-Y on each evaluation set, the steps each run took and the load
+average around it. Beside each latency: the 1-minute load average and the machine's dense 3×3 conv
+throughput (:func:`hdnas.core.timing.dense_conv_gmacs`) before each pass, and ``loaded_machine``,
+true when that load average exceeded the measuring threads by more than 0.5 — other work was
+running, and the figure is not a fair latency.
 
 Budgets are CPU time by default (``cpu_clock``): every run's ``minutes`` are read on the process's
 CPU clock (``time.process_time``), so a machine shared with other work gives each run the same
@@ -41,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +96,7 @@ class CompressBenchConfig:
     cpu_clock: bool = True  # minutes of process CPU time (False: wall-clock minutes)
     latency: bool = True  # measure each record's latency as it is made
     latency_threads: int = 0  # 0: the run's threads
+    latency_rounds: int = 5  # the latency pass: interleaved passes over the nets, median per net
     hr_size: tuple[int, int] = HR_SIZE  # latency output (H, W); Multi-Adds are always at 1280×720
     compress_overrides: list[str] = field(default_factory=list)  # key=value for every compression run
     retrain_overrides: list[str] = field(default_factory=list)  # key=value for every retraining run
@@ -114,6 +117,11 @@ class CompressBenchConfig:
             raise BenchmarkError("compress suite: --minutes and --base-minutes must be positive")
         if not 0 < self.prune_fraction < 1:
             raise BenchmarkError(f"compress suite: prune_fraction must be in (0, 1), got {self.prune_fraction}")
+
+
+def _net_key(genotype: Genotype) -> str:
+    """What decides a net's latency: the genotype without its provenance."""
+    return json.dumps({k: v for k, v in genotype.to_dict().items() if k != "provenance"}, sort_keys=True)
 
 
 def _load_average() -> list[float] | None:
@@ -190,27 +198,36 @@ class _Suite:
                             force=True, progress=False, train_set=train, val_set=val, clock=self.clock)
 
     # -- records ---------------------------------------------------------------------------------
-    def latency(self, genotype: Genotype, how: str) -> dict[str, Any]:
-        """The latency figures of ``genotype``'s net (measured once per genotype in this pass)."""
-        key = json.dumps({k: v for k, v in genotype.to_dict().items() if k != "provenance"}, sort_keys=True)
-        if key not in self.latencies:
+    def latency(self, genotypes: list[Genotype], how: str, rounds: int = 1) -> list[dict[str, Any]]:
+        """The latency figures of each genotype's net. The nets not measured yet in this run are measured
+        in ``rounds`` interleaved passes (median per net), so all see the machine in the same states."""
+        keys = [_net_key(g) for g in genotypes]
+        todo = {k: g for k, g in zip(keys, genotypes) if k not in self.latencies}
+        if todo:
             threads = self.cfg.latency_threads or torch.get_num_threads()
-            previous = torch.get_num_threads()
-            torch.set_num_threads(threads)
-            try:
-                load = _load_average()
-                dense = dense_conv_gmacs()
-            finally:
-                torch.set_num_threads(previous)
-            ms = measure_genotype(genotype, Target(threads=threads), tuple(self.cfg.hr_size))
-            self.latencies[key] = {
-                "latency_ms": round(ms, 2),
-                "latency": {"threads": threads, "hr_size": list(self.cfg.hr_size), "measured": how,
-                            "load_average_before": load, "dense_conv_gmacs_before": round(dense, 2),
-                            "loaded_machine": load is not None and load[0] > threads + 0.5,
-                            "date": time.strftime("%Y-%m-%dT%H:%M:%S")},
-            }
-        return self.latencies[key]
+            times: dict[str, list[float]] = {k: [] for k in todo}
+            loads, dense = [], []
+            for _ in range(rounds):
+                previous = torch.get_num_threads()
+                torch.set_num_threads(threads)
+                try:
+                    load = _load_average()
+                    loads.append(None if load is None else load[0])
+                    dense.append(round(dense_conv_gmacs(), 2))
+                finally:
+                    torch.set_num_threads(previous)
+                for k, g in todo.items():
+                    times[k].append(measure_genotype(g, Target(threads=threads), tuple(self.cfg.hr_size)))
+            loaded = any(x is not None and x > threads + 0.5 for x in loads)
+            for k, ms in times.items():
+                self.latencies[k] = {
+                    "latency_ms": round(statistics.median(ms), 2),
+                    "latency": {"threads": threads, "hr_size": list(self.cfg.hr_size), "measured": how,
+                                "rounds_ms": [round(x, 2) for x in ms], "load_1min_per_round": loads,
+                                "dense_conv_gmacs_per_round": dense, "loaded_machine": loaded,
+                                "date": time.strftime("%Y-%m-%dT%H:%M:%S")},
+                }
+        return [self.latencies[k] for k in keys]
 
     def record(self, part: str, name: str, group: str, checkpoint: Path, **extra: Any) -> dict[str, Any]:
         net, geno = load_model(checkpoint)
@@ -223,7 +240,7 @@ class _Suite:
         rec["eval"] = {n: {k: r[k] for k in ("psnr", "ssim", "images")}
                        for n, r in ((n, evaluate_model(net, ds)) for n, ds in self.eval_sets().items())}
         if self.cfg.latency:
-            rec.update(self.latency(geno, "after the part's training, same process"))
+            rec.update(self.latency([geno], "after the part's training, same process")[0])
         rec["genotype"] = geno.to_dict()
         return rec
 
@@ -306,9 +323,10 @@ class _Suite:
 
     def remeasure(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Every record again, its latency measured in this pass (the earlier figure kept beside it)."""
+        figures = self.latency([Genotype.from_dict(r["genotype"]) for r in records],
+                               "separate latency pass (--parts latency)", self.cfg.latency_rounds)
         out = []
-        for r in records:
-            fresh = self.latency(Genotype.from_dict(r["genotype"]), "separate latency pass (--parts latency)")
+        for r, fresh in zip(records, figures):
             before = {k: r[k] for k in ("latency_ms", "latency") if k in r}
             out.append({**r, **fresh, **({"latency_previous": before} if before else {})})
             self.log(f"[compress] latency {r['key']}: {fresh['latency_ms']:.1f} ms")

@@ -89,6 +89,7 @@ def test_compress_suite_tiny_writes_every_part_then_a_latency_pass(tmp_path):
         assert len(r["latency"]["rounds_ms"]) == 2 and len(r["latency"]["dense_conv_gmacs_per_round"]) == 2
         assert r["latency_previous"]["latency_ms"] == recs[k]["latency_ms"]
         assert r["eval"] == recs[k]["eval"]
+        assert r["made_in_run"]["command"] and r["made_in_run"]["machine"]["cpu"]  # who made it, kept
 
 
 def test_compress_suite_parts_need_their_inputs_first(tmp_path):

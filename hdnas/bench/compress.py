@@ -341,11 +341,13 @@ def _train_stats(res) -> dict[str, Any] | None:
 
 
 def run_compress_suite(cfg: CompressBenchConfig, log: Log = print_line,
-                       existing: list[dict[str, Any]] | None = None,
+                       existing: list[dict[str, Any]] | None = None, existing_runs: list[dict[str, Any]] | None = None,
                        save: Callable[[list[dict[str, Any]], dict[str, Any] | None], None] | None = None,
                        ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Run the parts of ``cfg`` (default every part but ``latency``); records and the protocol (None
-    for a latency-only pass, which re-measures ``existing`` records and changes nothing else).
+    for a latency-only pass, which re-measures ``existing`` records and changes nothing else; each
+    keeps, under ``made_in_run``, the entry of ``existing_runs`` that made it, since the pass's merge
+    makes the pass their run).
     ``save(records so far, protocol)`` is called after each part, so a long run loses at most one."""
     cfg.validate()
     if cfg.threads:
@@ -377,7 +379,9 @@ def run_compress_suite(cfg: CompressBenchConfig, log: Log = print_line,
                                         + [f"{n} {v['psnr']:.3f} dB / {v['ssim']:.4f}" for n, v in rec["eval"].items()]
                                         + ([f"{rec['latency_ms']:.1f} ms"] if "latency_ms" in rec else [])))
     if "latency" in parts:  # this run's records and the file's others, measured again in one pass
-        pool = {r["key"]: r for r in existing or []}
+        runs = {r["id"]: {k: v for k, v in r.items() if k != "id"} for r in existing_runs or []}
+        pool = {r["key"]: ({**r, "made_in_run": runs[r["run"]]} if r.get("run") in runs and "made_in_run" not in r
+                           else r) for r in existing or []}
         pool.update({r["key"]: r for r in records})
         records = suite.remeasure(list(pool.values()))
     only_latency = set(parts) == {"latency"}

@@ -66,8 +66,9 @@ def run_suites(
                 merge_suite(results, suite, info, records, protocol=protocol)
                 atomic_write_json(json_path, results)
 
-            existing = results["suites"].get(suite, {}).get("records", [])
-            records, protocol = run_compress_suite(cfg, log, existing=existing, save=save)
+            entry = results["suites"].get(suite, {})
+            records, protocol = run_compress_suite(cfg, log, existing=entry.get("records", []),
+                                                   existing_runs=entry.get("runs", []), save=save)
             save(records, protocol)
             log(compress_table(results["suites"][suite]["records"]))
         elif suite == "latency":

@@ -1,8 +1,11 @@
-"""Compression (DRC and its baselines): expected cost, gradients to α, masks = surgery, selection,
-fvcore-checked pruned cost, exact resume of the channel search, the tool end to end and its errors."""
+"""Compression (DRC, its baselines, iterative pruning): expected cost, gradients to α, masks = surgery,
+selection, fvcore-checked pruned cost, exact resume of the channel search, the tool end to end and its
+errors, iterative pruning's stop at the tolerance."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 from pathlib import Path
 
@@ -15,8 +18,10 @@ from conftest import load_tool
 from hdnas.compress.drc import (ChannelSearch, ChannelSearchNet, candidate_widths, saliency, select_channels,
                                 uniform_widths, widths_genotype)
 from hdnas.compress.job import load_compress_config
-from hdnas.compress.prune import l1_keep, l1_scores
+from hdnas.compress import prune as prune_module
+from hdnas.compress.prune import l1_keep, l1_scores, next_widths
 from hdnas.core.cost import count, fvcore_macs
+from hdnas.core.genotype import load_genotype
 from hdnas.core.network import DerivedNet
 from hdnas.core.render import render_cell
 from hdnas.core.run import load_checkpoint
@@ -197,7 +202,6 @@ def test_tool_end_to_end_writes_a_net_that_loads_summarises_and_exports(tmp_path
     assert "Multi-Adds" in text and "widths" in text
     net, geno = load_model(out / "best.pt")
     saved = out / "genotype.json"
-    from hdnas.core.genotype import load_genotype
     g2 = load_genotype(saved)
     assert g2.has_widths and prunable_widths(g2) == prunable_widths(geno)
     assert count(g2).macs < count(tiny_genotype(5)).macs
@@ -244,3 +248,103 @@ def test_wrong_checkpoint_is_refused_naming_it(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error: ") and msg in err, err
         assert not out.exists()
+
+
+# ------------------------------------------------------------------------------ iterative (DIPNet)
+
+
+def test_next_widths_cut_a_share_at_least_one_channel_and_stop_at_the_floor():
+    assert next_widths({"a": 16, "b": 5, "c": 4, "d": 3, "e": 40}, 0.1, 4) == {"a": 14, "b": 4, "c": 4, "d": 3, "e": 36}
+    assert next_widths({"a": 8}, 0.01, 2) == {"a": 7}  # a share below one channel still cuts one
+
+
+def _scripted_iterative(monkeypatch, psnrs: list[float], reference: float = 30.0):
+    """Real rounds (pruning, fine-tuning, checkpoints), with the held-out PSNRs that decide scripted:
+    the unpruned net scores ``reference``, round r's fine-tuning ``psnrs[r - 1]``."""
+    real = prune_module.finetune
+    calls = []
+
+    def finetune(*args, **kwargs):
+        res = real(*args, **kwargs)
+        calls.append(res)
+        return dataclasses.replace(res, best_psnr=psnrs[len(calls) - 1])
+
+    monkeypatch.setattr(prune_module, "finetune", finetune)
+    monkeypatch.setattr(prune_module, "held_out_psnr", lambda net, val_set, tile=None: reference)
+    return calls
+
+
+def _iterative_args(ck: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--checkpoint", str(ck), "--method", "iterative", "--step-rate", "0.25", "--tolerance", "0.05",
+            "--data", str(data), "--out", str(out), "--no-progress", "threads=1", "device=cpu", "data.patch=8",
+            "data.batch=2", "data.val_fraction=0.25", "train.steps=2", "train.val_every=2", "iterative.min_width=2",
+            *extra]
+
+
+def test_iterative_stops_at_the_tolerance_and_keeps_the_last_good_net(tmp_path, monkeypatch, capsys):
+    data = write_folder(tmp_path / "data", 6, 40, 0)
+    ck = _trained_checkpoint(tmp_path, data)
+    source = prunable_widths(load_model(ck)[1])
+    calls = _scripted_iterative(monkeypatch, [30.02, 29.96, 29.90, 29.99])
+    out = tmp_path / "iter"
+    assert load_tool("compress").main(_iterative_args(ck, data, out)) == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    assert "kept       round 2 (tolerance)" in text and "over the tolerance" in text
+    assert len(calls) == 3  # round 3 fell 0.10 dB: no round 4
+    for r in (1, 2, 3):
+        assert (out / f"round{r}" / "best.pt").is_file()
+    assert not (out / "round4").exists()
+    # best.pt is round 2's best checkpoint, and it loads as any checkpoint does
+    assert (out / "best.pt").read_bytes() == (out / "round2" / "best.pt").read_bytes()
+    net, geno = load_model(out / "best.pt")
+    w1, w2 = (prunable_widths(load_model(out / f"round{r}" / "best.pt")[1]) for r in (1, 2))
+    assert prunable_widths(geno) == w2 == next_widths(w1, 0.25, 2) and w1 == next_widths(source, 0.25, 2)
+    saved = load_genotype(out / "genotype.json")
+    assert prunable_widths(saved) == w2 and count(saved).macs < count(tiny_genotype(5)).macs
+    rounds = saved.provenance["iterative"]["rounds"]
+    assert [r["kept"] for r in rounds] == [True, True, False] and saved.provenance["iterative"]["kept_round"] == 2
+    assert rounds[2]["drop"] == pytest.approx(0.10)
+    assert load_tool("evaluate").main(["--checkpoint", str(out / "best.pt"), "--data", str(data), "--device", "cpu"]) == 0
+    assert "PSNR" in capsys.readouterr().out
+
+
+def test_iterative_keeps_the_unpruned_net_when_round_one_falls_too_far(tmp_path, monkeypatch, capsys):
+    data = write_folder(tmp_path / "data", 6, 40, 0)
+    ck = _trained_checkpoint(tmp_path, data)
+    _scripted_iterative(monkeypatch, [29.5])
+    out = tmp_path / "iter"
+    assert load_tool("compress").main(_iterative_args(ck, data, out)) == 0, capsys.readouterr().err
+    assert "kept       the unpruned net (tolerance)" in capsys.readouterr().out
+    src, g0 = load_model(ck)
+    net, geno = load_model(out / "best.pt")
+    assert prunable_widths(geno) == prunable_widths(g0) and not load_genotype(out / "genotype.json").has_widths
+    x = torch.rand(1, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(net(x), src(x))
+    assert load_tool("evaluate").main(["--checkpoint", str(out / "best.pt"), "--data", str(data), "--device", "cpu"]) == 0
+    # the same folder again: refused without --resume / --force
+    capsys.readouterr()
+    assert load_tool("compress").main(_iterative_args(ck, data, out)) == 2 and "--resume" in capsys.readouterr().err
+
+
+def test_iterative_refuses_pinned_widths(tmp_path, capsys):
+    data = write_folder(tmp_path / "data", 6, 40, 0)
+    ck = _trained_checkpoint(tmp_path, data)
+    tiny_genotype(5).save(tmp_path / "g.json")
+    out = tmp_path / "iter"
+    assert load_tool("compress").main(_iterative_args(ck, data, out, "--widths", str(tmp_path / "g.json"))) == 2
+    assert "--widths applies to the baselines" in capsys.readouterr().err and not (out / "round1").exists()
+
+
+def test_iterative_unscripted_within_a_wide_tolerance_runs_every_round(tmp_path, capsys):
+    data = write_folder(tmp_path / "data", 6, 40, 0)
+    ck = _trained_checkpoint(tmp_path, data)
+    out = tmp_path / "iter"
+    args = _iterative_args(ck, data, out, "--tolerance", "100", "--minutes", "2", "iterative.max_rounds=2")
+    assert load_tool("compress").main(args) == 0, capsys.readouterr().err
+    assert "kept       round 2 (max_rounds)" in capsys.readouterr().out
+    it = load_genotype(out / "genotype.json").provenance["iterative"]
+    assert math.isfinite(it["reference_psnr"]) and [r["index"] for r in it["rounds"]] == [1, 2]
+    assert all(math.isfinite(r["val_psnr"]) and r["drop"] == pytest.approx(it["reference_psnr"] - r["val_psnr"])
+               for r in it["rounds"])
+    assert (out / "best.pt").read_bytes() == (out / "round2" / "best.pt").read_bytes()

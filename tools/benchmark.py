@@ -17,9 +17,12 @@
         --steps 400 --threads 1                                    # loss terms (a)-(e) -> benchmarks/ablation_x4_<date>.json
     python tools/benchmark.py --suite ablation --teacher runs/big/best.pt --runs c e --tag gentle \
         --retrain-overrides loss.importance.alpha=30 loss.importance.b=0.03   # a variant of the importance runs
+    python tools/benchmark.py --suite compress --base-checkpoint runs/x4/best.pt --minutes 5 --threads 1
+    python tools/benchmark.py --suite compress --base-checkpoint runs/x4/best.pt --minutes 5 --parts drc@0.3 l1@0.3
+    python tools/benchmark.py --suite compress --parts latency --threads 2     # latencies again, on a quiet machine
 
 Results merge into --json (default runs/benchmark/benchmark.json, --quick: runs/benchmark/quick.json,
-the ablation alone: benchmarks/ablation_x<scale>_<date>.json):
+the ablation alone: benchmarks/ablation_x<scale>_<date>.json, --suite compress alone: benchmarks/compress_x<scale>_<date>.json):
 a record replaces the one with the same key, so a suite can run piece by piece. Without --suite,
 the search and models suites run (quality trains for about an hour; ask for it by name).
 All logic lives in hdnas.bench (one module per suite); this file parses arguments and prints.
@@ -28,6 +31,7 @@ All logic lives in hdnas.bench (one module per suite); this file parses argument
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
 from pathlib import Path
 
@@ -39,12 +43,14 @@ import torch  # noqa: E402
 
 from hdnas.bench.ablation import AblationBenchConfig, default_json  # noqa: E402
 from hdnas.bench.common import REPO_ROOT, SUITES, BenchmarkError  # noqa: E402
+from hdnas.bench.compress import CompressBenchConfig  # noqa: E402
 from hdnas.bench.latency import LatencyBenchConfig  # noqa: E402
 from hdnas.bench.models import ModelsBenchConfig  # noqa: E402
 from hdnas.bench.quality import QualityBenchConfig  # noqa: E402
 from hdnas.bench.search import SearchBenchConfig  # noqa: E402
 from hdnas.bench.suites import run_suites  # noqa: E402
 from hdnas.core.config import parse_count  # noqa: E402
+from hdnas.core.genotype import load_genotype  # noqa: E402
 from hdnas.core.errors import HdnasError  # noqa: E402
 
 
@@ -78,8 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("quality suite")
     g.add_argument("--genotype", nargs="+", help="searched genotype (quality; default derived/x4.json); "
                                                  "models: extra genotypes to measure")
-    g.add_argument("--minutes", type=float, help="training minutes per model (default 8; with --seeds: the "
-                                                 "equal-minutes arm, default 5)")
+    g.add_argument("--minutes", type=float, help="training minutes per model (quality default 8; with --seeds: the "
+                                                 "equal-minutes arm, default 5; compress default 5)")
     g.add_argument("--steps", type=int, help="train every model for these steps instead of --minutes (quality; with "
                                              "--seeds: the equal-steps arm, default 400); "
                                              "steps of --compare (latency, default 2000)")
@@ -124,6 +130,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--retrain-overrides", nargs="+", metavar="KEY=VALUE",
                    help="retraining config overrides for every run, as tools/retrain.py takes them "
                         "(not the terms, seed, steps or teacher, which the suite sets)")
+    g = p.add_argument_group("compress suite (also --genotype, --minutes, --data, --eval, --seed, --scales)")
+    g.add_argument("--base-checkpoint", metavar="CK", help="the retrained net to compress (default: retrain --genotype "
+                                                            "for --base-minutes first)")
+    g.add_argument("--base-minutes", type=float, help="minutes of the base retraining (default 30)")
+    g.add_argument("--rates", nargs="+", type=float, help="DRC rates (default 0.3 0.5)")
+    g.add_argument("--parts", nargs="+", help="run only these parts: base, drc@R, l1@R, scratch@R, dip:plain, "
+                                              "dip:reparam, dip:distill, dip:progressive, dip:iterative, latency")
+    g.add_argument("--step-rate", type=float, help="dip:iterative: share of channels cut per round (default 0.1)")
+    g.add_argument("--tolerance", type=float, help="dip:iterative: held-out PSNR drop allowed, dB (default 0.05)")
+    g.add_argument("--prune-fraction", type=float, help="dip:iterative: share of --minutes for pruning (default 0.4)")
+    g.add_argument("--prune-rounds", type=int, help="dip:iterative: rounds at most (default 2)")
+    g.add_argument("--wall-clock", action="store_true", help="compress: --minutes of wall time (default: CPU time of "
+                                                              "the process, fair on a shared machine)")
+    g.add_argument("--no-latency", action="store_true", help="compress: no latency beside each record")
+    g.add_argument("--latency-threads", type=int, help="compress: threads of the latency measurements "
+                                                        "(default: --threads)")
+    g.add_argument("--latency-rounds", type=int, help="compress, --parts latency: interleaved passes over the nets "
+                                                       "(median; default 5)")
     return p.parse_args(argv)
 
 
@@ -141,7 +165,15 @@ def main(argv: list[str] | None = None) -> int:
         suites = args.suite or (["search", "models", "quality"] if args.quick else ["search", "models"])
         if args.retrain_overrides and "ablation" not in suites:
             raise BenchmarkError("--retrain-overrides: for the ablation suite")
-        out = args.json or str(REPO_ROOT / "runs" / "benchmark" / ("quick.json" if args.quick else "benchmark.json"))
+        scale = args.scales[0] if args.scales and len(args.scales) == 1 else 4
+        if args.genotype and "compress" in suites:
+            scale = load_genotype(args.genotype[0]).scale
+        if args.json:
+            out = args.json
+        elif suites == ["compress"]:
+            out = str(REPO_ROOT / "benchmarks" / f"compress_x{scale}_{datetime.date.today().isoformat()}.json")
+        else:
+            out = str(REPO_ROOT / "runs" / "benchmark" / ("quick.json" if args.quick else "benchmark.json"))
 
         s = SearchBenchConfig.quick() if args.quick else SearchBenchConfig()
         _set(s, spaces=args.spaces, scales=args.scales, batch=args.batch, patch=args.patch, orders=args.orders,
@@ -206,7 +238,21 @@ def main(argv: list[str] | None = None) -> int:
         if suites == ["ablation"] and not args.json:
             out = str(default_json(ab))
 
-        run_suites(suites, out, s, m, q, lat, ab, quick=args.quick)
+        c = CompressBenchConfig()
+        if args.genotype and len(args.genotype) > 1 and "compress" in suites:
+            raise BenchmarkError("--genotype: the compress suite takes one genotype")
+        _set(c, genotype=args.genotype[0] if args.genotype else None, scale=scale, minutes=args.minutes,
+             base_checkpoint=args.base_checkpoint, base_minutes=args.base_minutes, rates=args.rates, parts=args.parts,
+             data=args.data, eval_sets=args.eval, seed=args.seed, threads=args.threads or None,
+             step_rate=args.step_rate, tolerance=args.tolerance, prune_fraction=args.prune_fraction,
+             prune_rounds=args.prune_rounds, latency_threads=args.latency_threads, latency_rounds=args.latency_rounds,
+             hr_size=tuple(args.hr_size) if args.hr_size else None)
+        if args.no_latency:
+            c.latency = False
+        if args.wall_clock:
+            c.cpu_clock = False
+
+        run_suites(suites, out, s, m, q, lat, ablation_cfg=ab, compress_cfg=c, quick=args.quick)
     except HdnasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ from hdnas.core.machine import machine_info
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FORMAT = {"name": "hdnas-benchmark", "version": 1}
-SUITES = ("search", "models", "quality", "latency", "ablation")
+SUITES = ("search", "models", "quality", "latency", "ablation", "compress")
 
 Log = Callable[[str], None]
 

@@ -15,6 +15,7 @@ from hdnas.bench.ablation import AblationBenchConfig, ablation_table, run_ablati
 from hdnas.bench.common import (SUITES, BenchmarkError, Log, load_results, merge_suite, print_line, run_info, save_suite,
                                 store_suite)
 from hdnas.bench.dlsr_reference import reference_table, run_reference_comparison
+from hdnas.bench.compress import CompressBenchConfig, compress_table, run_compress_suite
 from hdnas.bench.latency import LatencyBenchConfig, latency_table, run_latency_suite
 from hdnas.bench.models import ModelsBenchConfig, models_table, run_models_suite
 from hdnas.bench.quality import QualityBenchConfig, quality_report, quality_summary, run_quality_suite
@@ -29,6 +30,7 @@ def run_suites(
     quality_cfg: QualityBenchConfig | None = None,
     latency_cfg: LatencyBenchConfig | None = None,
     ablation_cfg: AblationBenchConfig | None = None,
+    compress_cfg: CompressBenchConfig | None = None,
     quick: bool = False,
     log: Log = print_line,
 ) -> dict[str, Any]:
@@ -59,6 +61,20 @@ def run_suites(
             records, dense = run_models_suite(cfg, log)
             merge_suite(results, suite, {**run_info(cfg), "quick": quick, "dense_conv_gmacs": dense}, records)
             log(models_table(records))
+        elif suite == "compress":
+            cfg = compress_cfg or CompressBenchConfig()
+            info = {**run_info(cfg), "quick": quick}
+
+            def save(records, protocol, suite=suite, info=info):  # after each part: re-read, merge, write (locked)
+                nonlocal results
+                results = save_suite(json_path, suite, info, records, protocol)
+
+            entry = results["suites"].get(suite, {})
+            records, protocol = run_compress_suite(cfg, log, existing=entry.get("records", []),
+                                                   existing_runs=entry.get("runs", []), save=save)
+            save(records, protocol)
+            saved = True
+            log(compress_table(results["suites"][suite]["records"]))
         elif suite == "latency":
             cfg = latency_cfg or (LatencyBenchConfig.quick() if quick else LatencyBenchConfig())
             records, summary = run_latency_suite(cfg, log, plot_default=json_path.with_suffix(".png"))

@@ -39,107 +39,25 @@ import copy
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hdnas.core.config import ConfigError, DataConfig
 from hdnas.core.cost import count
 from hdnas.core.distributed import DistContext
 from hdnas.core.genotype import Genotype
 from hdnas.core.network import DerivedNet
 from hdnas.core.ops import get_op
-from hdnas.core.run import Run, RunError
+from hdnas.core.run import Run
 from hdnas.core.surgery import prunable_widths, pruned_genotype
+from hdnas.compress.config import CompressConfig, CompressError
 from hdnas.search.architect import Architect
 from hdnas.search.engine import SearchData
 from hdnas.train.dual import DualModel
-from hdnas.train.losses import DistillConfig, LossConfig
-from hdnas.train.trainer import TrainOptions
-
-
-class CompressError(RunError):
-    """Compression cannot start or go on (bad rate, wrong checkpoint, non-finite loss)."""
-
-
-# ------------------------------------------------------------------------------------------ config
-
-
-@dataclass
-class DRCOptions:
-    steps: int = 200  # channel-search steps (one architecture + one weight update each)
-    factors: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5])  # × (1 − rate)·C
-    round_to: int = 4
-    w_lr: float = 1e-4  # the net and D during the search
-    a_lr: float = 0.05
-    a_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
-    a_weight_decay: float = 0.0
-    order: int = 1  # 1: first order; 2: unrolled (the Architect's finite-difference Hessian-vector product)
-    penalty_weight: float = 1.0
-    dual_weight: float = 0.1  # λ of the dual term, as in DRN
-    tolerance: float = 0.05  # final widths: exact Multi-Adds within ±tolerance of the target
-    saliency_batches: int = 8
-    search_fraction: float = 0.3  # share of --minutes for the channel search (the rest fine-tunes)
-    save_every: int = 50
-    log_every: int = 10
-
-    def validate(self) -> None:
-        if self.steps < 0:
-            raise ConfigError(f"drc.steps: expected 0 or more, got {self.steps}")
-        if not self.factors or any(not f > 0 for f in self.factors):
-            raise ConfigError(f"drc.factors: expected positive numbers, got {self.factors}")
-        if self.round_to < 1:
-            raise ConfigError(f"drc.round_to: expected at least 1, got {self.round_to}")
-        if self.order not in (1, 2):
-            raise ConfigError(f"drc.order: expected 1 or 2, got {self.order}")
-        if not 0 < self.tolerance < 1:
-            raise ConfigError(f"drc.tolerance: expected a fraction in (0, 1), got {self.tolerance}")
-        if not 0 <= self.search_fraction < 1:
-            raise ConfigError(f"drc.search_fraction: expected a fraction in [0, 1), got {self.search_fraction}")
-        if self.saliency_batches < 1 or self.save_every < 1 or self.log_every < 1:
-            raise ConfigError("drc.saliency_batches, drc.save_every and drc.log_every: expected at least 1")
-
-
-def _finetune_defaults() -> TrainOptions:
-    return TrainOptions(steps=1000, lr=2e-4, val_every=100)
-
-
-@dataclass
-class CompressConfig:
-    name: str = ""
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0
-    runs_dir: str = "runs"
-    method: str = "drc"  # drc | l1 | scratch
-    rate: float = 0.3  # channel pruning rate p in (0, 1)
-    minutes: Optional[float] = None  # total wall-clock: channel search + fine-tuning
-    data: DataConfig = field(default_factory=DataConfig)
-    drc: DRCOptions = field(default_factory=DRCOptions)
-    train: TrainOptions = field(default_factory=_finetune_defaults)  # fine-tuning (and scratch training)
-    loss: LossConfig = field(default_factory=lambda: LossConfig(distill=DistillConfig(enabled=True)))
-
-    def validate(self) -> None:
-        check_rate(self.rate)
-        if self.method not in ("drc", "l1", "scratch"):
-            raise ConfigError(f"method: expected drc, l1 or scratch, got '{self.method}'")
-        if self.minutes is not None and not self.minutes > 0:
-            raise ConfigError(f"minutes: expected a positive number, got {self.minutes}")
-
-
-def check_rate(rate) -> float:
-    """The rate as a float in (0, 1), or a :class:`ConfigError` naming it."""
-    try:
-        value = float(rate)
-    except (TypeError, ValueError):
-        raise ConfigError(f"rate: expected a number in (0, 1), got {rate!r}") from None
-    if not 0 < value < 1:  # also refuses nan
-        raise ConfigError(f"rate: expected a number in (0, 1) (the share of channels pruned), got {rate!r}")
-    return value
 
 
 # ------------------------------------------------------------------------------------------ widths

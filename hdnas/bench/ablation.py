@@ -156,7 +156,7 @@ def train_teacher(cfg: AblationBenchConfig, train_set: SRImageSet, val_set: SRIm
         trainer.run()
     seconds = float(load_checkpoint(last)["elapsed"])  # the training loop's, over resumes
     return last, {"genotype": cfg.teacher_genotype, "steps": cfg.teacher_steps, "run_dir": str(run_dir),
-                  "train_seconds": round(seconds, 1), "config": to_dict(tcfg)}
+                  "train_seconds": round(seconds, 3), "config": to_dict(tcfg)}
 
 
 def teacher_forward_ms(teacher: nn.Module, train_set: SRImageSet, rcfg: RetrainConfig) -> dict[str, Any]:
@@ -198,7 +198,7 @@ def run_ablation_suite(cfg: AblationBenchConfig, log: Log = print_line) -> tuple
     if teacher_path and scored:
         teacher = build_teacher(TeacherConfig(weights=teacher_path), geno.scale)
         t_geno = getattr(teacher, "genotype", None)
-        minutes = round(teacher_info["train_seconds"] / 60.0, 3) if teacher_info else None
+        minutes = round(teacher_info["train_seconds"] / 60.0, 5) if teacher_info else None
         records.append({"key": "teacher", "name": "teacher", "terms": [], "teacher": teacher_path,
                         "steps": teacher_info.get("steps"), "minutes": minutes,
                         **({"train": teacher_info} if teacher_info else {}),

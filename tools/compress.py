@@ -38,8 +38,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hdnas.core.config import as_overrides, split_command_line  # noqa: E402
-from hdnas.core.errors import HdnasError, show_warnings_plainly  # noqa: E402
-from hdnas.core.run import interrupted_message  # noqa: E402
+from hdnas.core.errors import show_warnings_plainly  # noqa: E402
+from hdnas.core.run import run_job  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,18 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         "rate": args.rate, "minutes": args.minutes, "method": args.method, "seed": args.seed,
         "iterative.step_rate": args.step_rate, "iterative.tolerance": args.tolerance,
         "data.paths": args.data, "data.val_paths": args.val_data})
-    try:
+    def job():
         cfg = load_compress_config(args.config, extra)
         genotype = load_genotype(args.genotype) if args.genotype else None
-        res = run_compress(cfg, args.checkpoint, args.out, genotype=genotype, scale=args.scale,
-                           widths_from=args.widths, resume=args.resume, force=args.force,
-                           progress=not args.no_progress)
-    except HdnasError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as exc:
-        print(interrupted_message(exc), file=sys.stderr)
-        return 130
+        return cfg, run_compress(cfg, args.checkpoint, args.out, genotype=genotype, scale=args.scale,
+                                 widths_from=args.widths, resume=args.resume, force=args.force,
+                                 progress=not args.no_progress)
+
+    done, code = run_job(job)
+    if done is None:
+        return code
+    cfg, res = done
     from hdnas.core.config import format_count
 
     it = res.iterative

@@ -25,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hdnas.core.config import as_overrides, split_command_line  # noqa: E402
-from hdnas.core.errors import HdnasError, show_warnings_plainly  # noqa: E402
-from hdnas.core.run import interrupted_message  # noqa: E402
+from hdnas.core.errors import show_warnings_plainly  # noqa: E402
+from hdnas.core.run import run_job  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,17 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     extra = overrides + list(args.overrides) + as_overrides({
         "genotype": args.genotype or None, "data.paths": args.data, "data.val_paths": args.val_data,
         "train.minutes": args.minutes, "seed": args.seed})
-    try:
+    def job():
         cfg = load_retrain_config(args.config, extra)
-        result = run_retrain(cfg, out=args.out, resume=args.resume, force=args.force, progress=not args.no_progress)
-    except HdnasError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as exc:
-        print(interrupted_message(exc), file=sys.stderr)
-        return 130
-    if result is None:
-        return 0
+        return cfg, run_retrain(cfg, out=args.out, resume=args.resume, force=args.force, progress=not args.no_progress)
+
+    done, code = run_job(job)
+    if done is None or done[1] is None:
+        return code
+    cfg, result = done
     budget = f"stopped at the {cfg.train.minutes or 0:g}-minute budget"
     why = {"done": "finished", "time": budget}.get(result.stopped, "stopped")
     print(f"{why} at step {result.step}/{cfg.train.steps} "

@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hdnas.core.config import as_overrides, format_count, split_command_line  # noqa: E402
-from hdnas.core.errors import HdnasError, show_warnings_plainly  # noqa: E402
-from hdnas.core.run import interrupted_message  # noqa: E402
+from hdnas.core.errors import show_warnings_plainly  # noqa: E402
+from hdnas.core.run import run_job  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,18 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     extra = overrides + list(args.overrides) + as_overrides({
         "space.scale": args.scale, "data.paths": args.data, "data.val_paths": args.val_data,
         "search.budget": args.budget, "search.latency_budget": args.latency_budget, "seed": args.seed})
-    try:
+    def job():
         cfg = load_search_config(args.config, args.space, extra)
-        outcome = run_search(cfg, args.out, force=args.force, resume=args.resume, progress=not args.no_progress,
-                             command=["python", "tools/search.py", *argv])
-    except HdnasError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as exc:
-        print(interrupted_message(exc), file=sys.stderr)
-        return 130
+        return run_search(cfg, args.out, force=args.force, resume=args.resume, progress=not args.no_progress,
+                          command=["python", "tools/search.py", *argv])
+
+    outcome, code = run_job(job)
     if outcome is None:
-        return 0
+        return code
     g, prov = outcome.genotype, outcome.genotype.provenance
     print(f"genotype  {outcome.genotype_path}  (×{g.scale}, {len(g.cells)} cells × {g.steps} steps, {g.channels} channels)")
     for i, cell in enumerate(g.cells, start=1):

@@ -24,7 +24,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Protocol
+from typing import Any, Callable, ClassVar, Iterator, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -35,6 +35,8 @@ from hdnas.core.config import DataConfig, first_difference, merge, to_dict
 from hdnas.core.data import PatchDataset, SRImageSet, build_dataset, find_pairs
 from hdnas.core.distributed import DistContext, resolve_device
 from hdnas.core.errors import DataError, HdnasError
+
+T = TypeVar("T")
 
 #: Config keys a resumed run may change, in every loop: they name or place the run, or set how fast
 #: it goes, never what it computes (the genotype *path* may move; the architecture is checked apart).
@@ -64,6 +66,19 @@ def interrupted_message(exc: BaseException) -> str:
     if ckpt is not None:
         return f"interrupted: the last checkpoint is {ckpt}; continue with --resume"
     return "interrupted before the first checkpoint: nothing was saved, so there is nothing to resume"
+
+
+def run_job(job: Callable[[], T]) -> tuple[T | None, int]:
+    """What a tool does around a long job: ``(result, 0)``, or ``(None, 2)`` after printing an
+    :class:`HdnasError` as ``error: …``, or ``(None, 130)`` after Ctrl-C with :func:`interrupted_message`."""
+    try:
+        return job(), 0
+    except HdnasError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None, 2
+    except KeyboardInterrupt as exc:
+        print(interrupted_message(exc), file=sys.stderr)
+        return None, 130
 
 
 def warn(message: str) -> None:

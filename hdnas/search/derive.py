@@ -77,6 +77,11 @@ def derive(supernet_or_probs, space: SearchSpace) -> Genotype:
 
 
 
+def in_band(cost: float, budget: float, tolerance: float) -> bool:
+    """``cost`` within ±``tolerance`` (a fraction) of ``budget``: what "meets the budget" means here."""
+    return (1 - tolerance) * budget <= cost <= (1 + tolerance) * budget
+
+
 @dataclass
 class BudgetDerivation:
     genotype: Genotype
@@ -118,7 +123,7 @@ def derive_within_budget(
 
     macs = first
     for _ in range(space.cells * space.steps * len(space.ops)):
-        if (1 - tolerance) * budget <= macs <= (1 + tolerance) * budget:
+        if in_band(macs, budget, tolerance):
             break
         gap = math.log(macs / budget)
         best = None

@@ -33,10 +33,10 @@ from hdnas.core.distributed import DistContext, init_distributed
 from hdnas.core.machine import machine_info
 from hdnas.core.metrics import psnr_y
 from hdnas.core.run import Run, RunError, build_data, check_file, check_folder, patch_datasets
-from hdnas.core.space import SearchSpace
+from hdnas.core.space import ArchProbs, SearchSpace
 from hdnas.search import relax
 from hdnas.search.architect import ARCH_LOSSES, Architect
-from hdnas.search.derive import derive, derive_within_budget
+from hdnas.search.derive import derive, derive_within_budget, in_band
 from hdnas.search.supernet import SuperNet
 
 
@@ -282,7 +282,7 @@ class Searcher(Run):
             arch_loss=opts.arch_loss,
         )
         self._arch_step = 0  # the step whose generator draws the penalty's Gumbel sample
-        self.in_band: dict | None = None  # {"step", "arch"}: the last architecture step whose argmax met the budgets
+        self.in_band: dict | None = None  # {"step", "alpha", "inputs", "fusion"}: the last step whose argmax met the budgets
         self.total_steps = opts.epochs * opts.steps_per_epoch
         self.penalty_tau = opts.penalty_tau_start
         self.epoch = 0
@@ -320,27 +320,23 @@ class Searcher(Run):
         """Every budget set is met by ``geno`` within ±search.derive_tolerance."""
         tol, costs = self.cfg.search.derive_tolerance, self.argmax_costs(geno)
         pairs = [(costs["macs"], self.budget), (costs.get("ms"), self.latency_budget)]
-        return all((1 - tol) * b <= c <= (1 + tol) * b for c, b in pairs if b is not None)
+        return all(in_band(c, b, tol) for c, b in pairs if b is not None)
 
     def _remember_if_in_band(self, step: int) -> None:
         if (self.budget is None and self.latency_budget is None) or not self.cfg.search.keep_in_band:
             return
         if self.in_band_now(derive(self.model, self.cfg.space)):
-            self.in_band = {"step": step, "arch": [p.detach().clone() for p in self.model.arch_parameters()]}
+            with torch.no_grad():
+                p = self.model.arch_probs()
+            self.in_band = {"step": step, "alpha": p.alpha, "inputs": list(p.inputs), "fusion": p.fusion}
 
-    def final_probs(self):
-        """α, β probabilities the search ends on: the last ones, or (keep_in_band) the last in the band."""
-        last = derive(self.model, self.cfg.space)
-        if self.in_band is None or (self.budget is None and self.latency_budget is None) or self.in_band_now(last):
+    def final_probs(self, last) -> tuple[ArchProbs, int | None]:
+        """α, β probabilities the search ends on: the last ones (whose argmax is ``last``), or
+        (keep_in_band, when ``last`` misses the band) those of the last step in the band."""
+        if self.in_band is None or self.in_band_now(last):
             return self.model.arch_probs(), None
-        saved = [p.detach().clone() for p in self.model.arch_parameters()]
-        with torch.no_grad():
-            for p, v in zip(self.model.arch_parameters(), self.in_band["arch"]):
-                p.copy_(v)
-            probs = self.model.arch_probs()
-            for p, v in zip(self.model.arch_parameters(), saved):
-                p.copy_(v)
-        return probs, int(self.in_band["step"])
+        snap = self.in_band
+        return ArchProbs(alpha=snap["alpha"], inputs=snap["inputs"], fusion=snap["fusion"]), int(snap["step"])
 
     # -- loop -----------------------------------------------------------------------------------
     def _batch(self, step: int, half: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -468,8 +464,9 @@ class Searcher(Run):
     def _result(self) -> SearchResult:
         opts = self.cfg.search
         val = self.history[-1]["val_psnr"] if self.history else float("nan")
-        probs, from_step = self.final_probs()
-        last = self.argmax_costs(derive(self.model, self.cfg.space))
+        last_geno = derive(self.model, self.cfg.space)
+        probs, from_step = self.final_probs(last_geno)
+        last = self.argmax_costs(last_geno)
         argmax_ms = None
         if self.latency_budget is not None and opts.budget_derivation:
             res = derive_within_budget(probs, self.cfg.space, self.latency_budget, opts.derive_tolerance, HR_SIZE,

@@ -115,3 +115,17 @@ def test_cli_compress_suite_base_part(tmp_path, capsys):
     assert rec["key"] == "base" and rec["checkpoint"] == str(base) and rec["latency"]["hr_size"] == [32, 48]
     assert entry["protocol"]["base"] == str(base) and entry["protocol"]["minutes"] == 2.0
     assert "unpruned (given base)" in capsys.readouterr().out
+
+
+def test_dip_stages_at_equal_steps(tmp_path):
+    """--steps: a DIPNet stage trains for exactly those steps, with no time limit, and says so."""
+    cfg = tiny_config(tmp_path, parts=["dip:plain", "dip:reparam"], steps=3, retrain_overrides=["data.batch=2"],
+                      latency=False)
+    records, protocol = run_compress_suite(cfg, log=lambda line: None)
+    assert protocol["dip_steps"] == 3
+    for rec in records:
+        assert rec["step_budget"] == 3 and rec["minutes"] is None and rec["train"]["steps"] == 3
+    with pytest.raises(BenchmarkError, match="dip:iterative"):
+        tiny_config(tmp_path, parts=["dip:iterative"], steps=3).validate()
+    with pytest.raises(BenchmarkError, match="--steps"):
+        tiny_config(tmp_path, parts=["dip:plain"], steps=0).validate()

@@ -51,9 +51,11 @@ def test_cached_table_is_reused_and_rebuilt_when_its_key_changes():
     assert timer.calls == 2 * n  # threads are in the key
     other = latency.latency_model(small_space(channels=12), hr_size=HR, timer=timer, progress=False)
     assert timer.calls == 3 * n and other.path != first.path  # so are the sizes
+    latency.latency_model(space, latency.Target(keep_memory=False), hr_size=HR, timer=timer, progress=False)
+    assert timer.calls == 4 * n  # and how memory is kept while timing
     # a space that differs only in its op list reads the same table (every registry op is timed)
     latency.latency_model(small_space(ops=["conv_3x3", "sep_conv_3x3"]), hr_size=HR, timer=timer, progress=False)
-    assert timer.calls == 3 * n
+    assert timer.calls == 4 * n
 
 
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"format": "hdnas-latency/1", "key": {}}),
@@ -200,6 +202,48 @@ def test_real_timer_on_a_tiny_table():
     assert all(v > 0 for v in model.parts_ms.values()) and model.fit["samples"] == latency.CORRECTION_SAMPLES
 
 
+_FAULTS_SCRIPT = """
+import resource, torch
+from hdnas.core.timing import _libc, kept_memory
+torch.set_num_threads(1)
+conv = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16).eval()
+x = torch.rand(1, 16, 512, 1024)  # 32 MiB maps: above glibc's largest mmap threshold
+
+def faults(n=3):
+    with torch.inference_mode():
+        conv(x)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(n):
+            conv(x)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / n
+
+default = faults()
+with kept_memory() as applied:
+    kept = faults()
+after = faults()
+with kept_memory(enabled=False) as off:
+    pass
+print(_libc() is not None, applied, off, default, kept, after)
+"""
+
+
+def test_kept_memory_stops_page_faults_on_reallocation_and_restores_after():
+    """In a fresh process (the allocator's state is process-wide and earlier tests change it)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, check=True,
+                         cwd=REPO_ROOT).stdout.split()
+    glibc, applied, off = (v == "True" for v in out[:3])
+    if not glibc:
+        pytest.skip("not glibc: kept_memory does nothing here")
+    default, kept, after = map(float, out[3:])
+    assert applied and not off
+    # the output's 8,192 pages of 4 KiB are faulted in on every forward by default (fewer with huge pages),
+    # reused inside the block, and faulted again once the defaults are back
+    assert kept < 100 < min(default, after), (default, kept, after)
+
+
 def test_onnxruntime_target_times_a_part():
     pytest.importorskip("onnxruntime")
     t = latency.Target(backend="onnxruntime", warmup=1, repeats=1)
@@ -231,3 +275,22 @@ def test_latency_suite_statistics():
     st = accuracy_stats(recs)
     assert st["corrected"]["median_rel_error"] == pytest.approx(0.05) and st["corrected"]["worst_rel_error"] == pytest.approx(0.1)
     assert st["corrected"]["spearman"] == pytest.approx(1.0)
+
+
+def test_latency_suite_tiny_records_memory_and_parts_alone(tmp_path):
+    """The accuracy part end to end at a tiny size: the allocator record first, then the table and nets,
+    each net predicted by the in-context table and by the parts timed alone."""
+    from hdnas.bench.latency import LatencyBenchConfig, run_latency_suite
+
+    cfg = LatencyBenchConfig(scales=[4], n_random=3, hr_size=(32, 48), repeats=1, warmup=1, threads=1,
+                             derived_dir=None, runs_dir=str(tmp_path))
+    lines: list[str] = []
+    records, summary = run_latency_suite(cfg, log=lines.append)
+    assert records[0]["kind"] == "memory"
+    mem = records[0]["parts_alone_ms"]
+    assert set(mem) == {"default", "kept"} and set(mem["default"]) == set(mem["kept"]) and "op:conv_3x3" in mem["kept"]
+    assert set(records[0]["minor_page_faults_per_forward"]["kept"]) == set(mem["kept"])
+    nets = [r for r in records if r["kind"] == "random"]
+    assert len(nets) == 3 and all(r["predicted_ms"]["isolated_parts"] > 0 for r in nets)
+    assert {"corrected", "sum_of_parts", "isolated_parts"} <= set(summary["x4"])
+    assert "memory kept" in summary["target"] and any("allocator defaults / memory kept" in line for line in lines)

@@ -88,7 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                  "equal-minutes arm, default 5; compress default 5)")
     g.add_argument("--steps", type=int, help="train every model for these steps instead of --minutes (quality; with "
                                              "--seeds: the equal-steps arm, default 400); "
-                                             "steps of --compare (latency, default 2000)")
+                                             "steps of --compare (latency, default 2000); "
+                                             "compress: the DIPNet stages train for these steps instead of --minutes")
     g.add_argument("--data", nargs="+", metavar="DIR", help="training folders (default: T91 BSD200 under $HDNAS_DATA)")
     g.add_argument("--eval", nargs="+", metavar="SET", help="evaluation sets (default: Set5 Set14)")
     g.add_argument("--model-index", nargs="+", type=int, help="run only these models of the protocol (0 searched, "
@@ -109,7 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--redo", action="store_true", help="--seeds: train again models already done")
     g.add_argument("--runs-dir", help="quality: folder of the models' runs and, with --seeds, of the searched genotypes "
                                       "(default runs/benchmark/quality); ablation: of its runs and teacher "
-                                      "(default runs/benchmark/ablation)")
+                                      "(default runs/benchmark/ablation); compress: of its runs "
+                                      "(default runs/benchmark/compress)")
     g.add_argument("--plan-only", action="store_true", help="--seeds: print the CPU-time estimate (after short probes) "
                                                             "and stop")
     g = p.add_argument_group("latency suite")
@@ -246,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
              data=args.data, eval_sets=args.eval, seed=args.seed, threads=args.threads or None,
              step_rate=args.step_rate, tolerance=args.tolerance, prune_fraction=args.prune_fraction,
              prune_rounds=args.prune_rounds, latency_threads=args.latency_threads, latency_rounds=args.latency_rounds,
-             hr_size=tuple(args.hr_size) if args.hr_size else None)
+             hr_size=tuple(args.hr_size) if args.hr_size else None, runs_dir=args.runs_dir,
+             steps=args.steps if "compress" in suites else None)
         if args.no_latency:
             c.latency = False
         if args.wall_clock:

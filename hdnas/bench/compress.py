@@ -82,6 +82,7 @@ class CompressBenchConfig:
     base_checkpoint: str | None = None  # a retrained net of ``genotype``; None: the ``base`` part trains one
     base_minutes: float = 30.0
     minutes: float = 5.0  # per model: every compression run and every DIPNet stage
+    steps: int | None = None  # DIPNet stages (not iterative): these steps instead of ``minutes`` (equal steps)
     rates: list[float] = field(default_factory=lambda: [0.3, 0.5])
     parts: list[str] | None = None  # None: every part but ``latency``
     data: list[str] | None = None  # None: T91 + BSD200 under the shared data root, else the sample set
@@ -115,6 +116,11 @@ class CompressBenchConfig:
                 raise BenchmarkError(f"compress suite: unknown part '{p}' (known: {', '.join(known)})")
         if not self.minutes > 0 or not self.base_minutes > 0:
             raise BenchmarkError("compress suite: --minutes and --base-minutes must be positive")
+        if self.steps is not None and self.steps < 1:
+            raise BenchmarkError(f"compress suite: --steps must be positive, got {self.steps}")
+        if self.steps is not None and "dip:iterative" in (self.parts or self.all_parts()):
+            raise BenchmarkError("compress suite: --steps applies to the DIPNet stages that only train; "
+                                 "dip:iterative's pruning runs on minutes (leave it out of --parts)")
         if not 0 < self.prune_fraction < 1:
             raise BenchmarkError(f"compress suite: prune_fraction must be in (0, 1), got {self.prune_fraction}")
 
@@ -290,13 +296,13 @@ class _Suite:
 
     def dip_recipe(self, stage: str) -> list[str]:
         """The retraining overrides of DIPNet stage ``stage``: every earlier stage's, plus its own."""
-        steps = {"reparam": ["reparam.enabled=true"],
-                 "distill": [f"teacher.weights={self.need(self.base, 'base')}", "loss.distill.enabled=true",
-                             "loss.feature_distill.enabled=true"],
-                 "progressive": ["train.progressive=" + json.dumps(PROGRESSIVE)]}
+        steps = {"reparam": lambda: ["reparam.enabled=true"],
+                 "distill": lambda: [f"teacher.weights={self.need(self.base, 'base')}", "loss.distill.enabled=true",
+                                     "loss.feature_distill.enabled=true"],  # only the stages from here need the base
+                 "progressive": lambda: ["train.progressive=" + json.dumps(PROGRESSIVE)]}
         out: list[str] = []
         for s in DIP_STAGES[1:DIP_STAGES.index(stage) + 1]:
-            out += steps.get(s, [])
+            out += steps[s]() if s in steps else []
         return out
 
     def dip(self, part: str, stage: str) -> dict[str, Any]:
@@ -306,8 +312,11 @@ class _Suite:
                  "progressive": "+ progressive patches", "iterative": "+ iterative pruning"}
         recipe = self.dip_recipe(stage)
         if stage != "iterative":
+            if cfg.steps is not None:  # equal steps: the schedule anneals to them, no time limit
+                recipe = recipe + [f"train.steps={cfg.steps}", "train.minutes=null"]
             res = self.retrain(out, cfg.minutes, recipe)
-            return self.record(part, names[stage], "dipnet", out / "best.pt", stage=stage, minutes=cfg.minutes,
+            return self.record(part, names[stage], "dipnet", out / "best.pt", stage=stage,
+                               minutes=cfg.minutes if cfg.steps is None else None, step_budget=cfg.steps,
                                recipe=recipe, train=_train_stats(res))
         train_min = cfg.minutes * (1 - cfg.prune_fraction)
         res = self.retrain(out / "train", train_min, recipe)
@@ -355,7 +364,7 @@ def run_compress_suite(cfg: CompressBenchConfig, log: Log = print_line,
     suite = _Suite(cfg, log)
     parts = cfg.parts or cfg.all_parts()
     protocol = {
-        "scale": suite.scale, "genotype": str(suite.genotype_path), "minutes": cfg.minutes,
+        "scale": suite.scale, "genotype": str(suite.genotype_path), "minutes": cfg.minutes, "dip_steps": cfg.steps,
         "clock": "process CPU time (time.process_time)" if cfg.cpu_clock else "wall clock",
         "base": str(cfg.base_checkpoint) if cfg.base_checkpoint else f"retrained {cfg.base_minutes:g} min",
         "rates": list(cfg.rates), "seed": cfg.seed, "threads": torch.get_num_threads(), "val_every": cfg.val_every,
@@ -369,7 +378,8 @@ def run_compress_suite(cfg: CompressBenchConfig, log: Log = print_line,
     for part in parts:
         if part == "latency":
             continue
-        log(f"[compress] {part} ({cfg.minutes:g} min)" if part != "base" or not cfg.base_checkpoint
+        length = f"{cfg.steps} steps" if cfg.steps is not None and part.startswith("dip:") else f"{cfg.minutes:g} min"
+        log(f"[compress] {part} ({length})" if part != "base" or not cfg.base_checkpoint
             else f"[compress] base: {cfg.base_checkpoint}")
         rec = suite.run_part(part)
         records.append(rec)

@@ -17,9 +17,10 @@ Three parts, each optional:
 from __future__ import annotations
 
 import random
+import resource
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,12 @@ from hdnas.bench.common import REPO_ROOT, Log, format_table, print_line
 from hdnas.bench.quality import _data_sources, QualityBenchConfig, train_for_minutes
 from hdnas.core import latency
 from hdnas.core.config import format_count
-from hdnas.core.cost import HR_SIZE, count
+from hdnas.core.cost import HR_SIZE, count, lr_size_for
 from hdnas.core.data import build_dataset
 from hdnas.core.evaluation import evaluate_model
 from hdnas.core.genotype import Genotype, load_genotype, random_genotype
 from hdnas.core.space import load_space
+from hdnas.core.timing import kept_memory
 
 
 @dataclass
@@ -101,7 +103,9 @@ def accuracy_stats(records: list[dict[str, Any]]) -> dict[str, Any]:
     if len(records) < 2:
         return out
     meas = [r["measured_ms"] for r in records]
-    for kind in ("corrected", "sum_of_parts"):
+    for kind in ("corrected", "sum_of_parts", "isolated_parts"):
+        if not all(kind in r["predicted_ms"] for r in records):
+            continue
         pred = [r["predicted_ms"][kind] for r in records]
         errs = [abs(p / m - 1) for p, m in zip(pred, meas)]
         out[kind] = {"median_rel_error": round(statistics.median(errs), 4), "worst_rel_error": round(max(errs), 4),
@@ -109,10 +113,53 @@ def accuracy_stats(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def memory_record(scale: int, target: latency.Target, hr_size: tuple[int, int], log: Log = print_line) -> dict[str, Any]:
+    """Each part of the default space timed alone, with the allocator's defaults, then with memory kept
+    (:func:`hdnas.core.timing.kept_memory`): what the latency model's ``keep_memory`` changes.
+    Run before any table in the process, so the defaults are the untouched ones."""
+    space = load_space(REPO_ROOT / "search_spaces" / "default.yaml", scale=scale)
+    h, w = lr_size_for(scale, hr_size)
+    out: dict[str, dict[str, float]] = {}
+    faults: dict[str, dict[str, float]] = {}
+    for keep in (False, True):
+        t, mode = replace(target, keep_memory=keep), "kept" if keep else "default"
+        torch.manual_seed(0)
+        out[mode], faults[mode] = {}, {}
+        for p in latency.parts_of(space):
+            module, x = p.build().eval(), torch.rand(1, p.in_channels, h, w)
+            out[mode][p.name] = round(1e3 * latency.measure(p.name, module, x, t), 3)
+            faults[mode][p.name] = _faults_per_forward(module, x, t)
+    ratio = {k: round(out["default"][k] / out["kept"][k], 3) for k in out["kept"]}
+    log(f"[latency] x{scale}: parts alone, allocator defaults / memory kept: "
+        + ", ".join(f"{k.removeprefix('op:')} {v:.2f}x" for k, v in ratio.items()))
+    return {"key": f"memory|x{scale}", "kind": "memory", "scale": scale, "parts_alone_ms": out,
+            "default_over_kept": ratio, "minor_page_faults_per_forward": faults}
+
+
+def _faults_per_forward(module: torch.nn.Module, x: torch.Tensor, target: latency.Target, n: int = 3) -> float:
+    """Minor page faults per forward after two warm-up forwards, as :func:`hdnas.core.latency.measure` runs it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(target.resolved().threads)
+    if target.channels_last:
+        module, x = module.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    try:
+        with kept_memory(target.keep_memory), torch.inference_mode():
+            module(x), module(x)
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            for _ in range(n):
+                module(x)
+            return round((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / n, 1)
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _net_record(kind: str, name: str, geno: Genotype, model: latency.LatencyModel, cfg: LatencyBenchConfig,
                 target: latency.Target) -> dict[str, Any]:
     measured = latency.measure_genotype(geno, target, cfg.hr_size)
     pred = {"corrected": round(model.predict(geno), 3), "sum_of_parts": round(model.predict(geno, corrected=False), 3)}
+    isolated = model.fit.get("isolated_ms")
+    if isolated and model.fit.get("method") == "in_context":  # the table's parts timed alone, for comparison
+        pred["isolated_parts"] = round(latency.LatencyModel(model.key, dict(isolated)).predict(geno, corrected=False), 3)
     return {"key": f"{kind}|x{geno.scale}|{name}", "kind": kind, "name": name, "scale": geno.scale,
             "macs": count(geno).macs, "measured_ms": round(measured, 3), "predicted_ms": pred,
             "rel_error": round(pred["corrected"] / measured - 1, 4),
@@ -129,6 +176,8 @@ def run_latency_suite(cfg: LatencyBenchConfig, log: Log = print_line,
     summary: dict[str, Any] = {"target": target.describe(), "hr_size": list(cfg.hr_size)}
     nets: list[dict[str, Any]] = []
     if cfg.accuracy:
+        # first, before anything keeps memory in this process: the parts alone with glibc's defaults
+        records += [memory_record(s, target, cfg.hr_size, log) for s in cfg.scales]
         for s in cfg.scales:
             space = load_space(REPO_ROOT / "search_spaces" / "default.yaml", scale=s)
             t0 = time.perf_counter()
@@ -240,11 +289,13 @@ def latency_table(records: list[dict[str, Any]], summary: dict[str, Any]) -> str
         if "corrected" not in st:
             continue
         c, r = st["corrected"], st["sum_of_parts"]
+        i = st.get("isolated_parts")
         rows.append([key, str(st["n"]), f"{c['median_rel_error']:.1%}", f"{c['worst_rel_error']:.1%}",
                      f"{c['spearman']:.3f}", f"{r['median_rel_error']:.1%}", f"{r['worst_rel_error']:.1%}",
-                     f"{r['spearman']:.3f}"])
+                     f"{r['spearman']:.3f}",
+                     f"{i['median_rel_error']:.1%} / {i['worst_rel_error']:.1%} / {i['spearman']:.3f}" if i else "-"])
     text = format_table(["scale", "nets", "median err", "worst err", "Spearman", "median (sum)", "worst (sum)",
-                         "Spearman (sum)"], rows) if rows else ""
+                         "Spearman (sum)", "parts alone: median / worst / Spearman"], rows) if rows else ""
     extra = [r for r in records if r.get("kind") in ("budget", "compare")]
     if extra:
         rows = []

@@ -25,7 +25,7 @@ from hdnas.core import latency
 from hdnas.core.cost import HR_SIZE, fvcore_macs, lr_size_for
 from hdnas.core.genotype import load_genotype
 from hdnas.core.network import DerivedNet
-from hdnas.core.timing import Timing, dense_conv_gmacs, time_fn
+from hdnas.core.timing import Timing, dense_conv_gmacs, kept_memory, time_fn
 from hdnas.zoo import build_reference, genotype_cost, list_references, num_params, reference_cost
 
 
@@ -102,7 +102,8 @@ def model_entries(cfg: ModelsBenchConfig) -> list[ModelEntry]:
 
 
 def _latency(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> Timing:
-    with torch.inference_mode():
+    # freed memory kept, as the latency model times (its prediction is printed beside this)
+    with torch.inference_mode(), kept_memory():
         return time_fn(lambda: model(x), warmup, repeats)
 
 

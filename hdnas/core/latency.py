@@ -18,6 +18,14 @@ the Multi-Adds table (:class:`hdnas.core.cost.CostTable`), so a genotype's predi
 and the expected latency under softmax(α, β) is :func:`hdnas.core.cost.expected_cost` of it:
 differentiable, and equal to the table sum at one-hot α/β.
 
+Memory
+------
+Parts and nets are timed with freed memory kept in the process (``Target.keep_memory``, default on;
+:func:`hdnas.core.timing.kept_memory`). With glibc's defaults every large map is mmapped afresh and
+its pages faulted in on each forward, which made memory-bound parts several times slower than their
+arithmetic, by an amount that depended on what the process had allocated before: times that neither
+add up nor repeat. The cache key records the setting.
+
 Correction
 ----------
 After the parts, a few seeded random genotypes of the space are measured whole. If the sum of the
@@ -62,7 +70,7 @@ from hdnas.core.machine import machine_info
 from hdnas.core.network import DerivedNet
 from hdnas.core.ops import OPS, build_op
 from hdnas.core.space import ArchProbs, SearchSpace
-from hdnas.core.timing import time_fn
+from hdnas.core.timing import kept_memory, time_fn
 
 FORMAT = "hdnas-latency/2"
 BACKENDS = ("torch", "onnxruntime")
@@ -88,6 +96,7 @@ class Target:
     channels_last: bool = True
     warmup: int = 3  # at least; warm-up lasts MIN_SECONDS too
     repeats: int = 7  # at least; small parts get more
+    keep_memory: bool = True  # time with freed memory kept in the process (hdnas.core.timing.kept_memory)
 
     def resolved(self) -> "Target":
         if self.backend not in BACKENDS:
@@ -105,7 +114,8 @@ class Target:
         engine = "torch eager" if t.backend == "torch" else "onnxruntime"
         layout = ", channels-last" if t.backend == "torch" and t.channels_last else ""
         where = "CUDA" if t.device == "cuda" else f"CPU, {t.threads} thread{'s' if t.threads != 1 else ''}"
-        return f"{engine}{layout}, {where}"
+        memory = ", memory kept" if t.keep_memory and t.device == "cpu" else ""
+        return f"{engine}{layout}, {where}{memory}"
 
 
 # -- the parts ------------------------------------------------------------------------------------
@@ -202,8 +212,13 @@ def measure(name: str, module: nn.Module, x: torch.Tensor, target: Target) -> fl
     measured with, so parts and whole nets are timed alike."""
     target = target.resolved()
     module = module.eval()
-    if target.backend == "onnxruntime":
-        return _ort_seconds(module, x, target)
+    with kept_memory(target.keep_memory and target.device == "cpu"):
+        if target.backend == "onnxruntime":
+            return _ort_seconds(module, x, target)
+        return _torch_seconds(module, x, target)
+
+
+def _torch_seconds(module: nn.Module, x: torch.Tensor, target: Target) -> float:
     previous = torch.get_num_threads()
     torch.set_num_threads(target.threads)
     try:
@@ -330,6 +345,7 @@ def target_key(space: SearchSpace, target: Target | None = None, hr_size: tuple[
         "backend": t.backend,
         "device": t.device,
         "channels_last": t.channels_last if t.backend == "torch" else False,
+        "keep_memory": t.keep_memory and t.device == "cpu",
         "hr_size": list(hr_size),
         **_table_space_fields(space),
     }

@@ -35,7 +35,6 @@ from hdnas.core.data import build_dataset
 from hdnas.core.evaluation import evaluate_model
 from hdnas.core.genotype import Genotype, load_genotype, random_genotype
 from hdnas.core.space import load_space
-from hdnas.core.timing import kept_memory
 
 
 @dataclass
@@ -137,20 +136,13 @@ def memory_record(scale: int, target: latency.Target, hr_size: tuple[int, int], 
 
 
 def _faults_per_forward(module: torch.nn.Module, x: torch.Tensor, target: latency.Target, n: int = 3) -> float:
-    """Minor page faults per forward after two warm-up forwards, as :func:`hdnas.core.latency.measure` runs it."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(target.resolved().threads)
-    if target.channels_last:
-        module, x = module.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    try:
-        with kept_memory(target.keep_memory), torch.inference_mode():
-            module(x), module(x)
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            for _ in range(n):
-                module(x)
-            return round((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / n, 1)
-    finally:
-        torch.set_num_threads(previous)
+    """Minor page faults per forward after two warm-up forwards, run as :func:`hdnas.core.latency.measure` runs it."""
+    with latency.on_target(module, x, target) as (module, x, _):
+        module(x), module(x)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(n):
+            module(x)
+        return round((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / n, 1)
 
 
 def _net_record(kind: str, name: str, geno: Genotype, model: latency.LatencyModel, cfg: LatencyBenchConfig,

@@ -53,9 +53,10 @@ import random
 import statistics
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -109,12 +110,17 @@ class Target:
             raise LatencyError("latency target: the onnxruntime backend is measured on its CPU provider only")
         return replace(self, threads=self.threads or torch.get_num_threads())
 
+    @property
+    def keeps_memory(self) -> bool:
+        """Whether timings keep freed memory (a CPU allocator setting: no effect on CUDA)."""
+        return self.keep_memory and self.device == "cpu"
+
     def describe(self) -> str:
         t = self.resolved()
         engine = "torch eager" if t.backend == "torch" else "onnxruntime"
         layout = ", channels-last" if t.backend == "torch" and t.channels_last else ""
         where = "CUDA" if t.device == "cuda" else f"CPU, {t.threads} thread{'s' if t.threads != 1 else ''}"
-        memory = ", memory kept" if t.keep_memory and t.device == "cpu" else ""
+        memory = ", memory kept" if t.keeps_memory else ""
         return f"{engine}{layout}, {where}{memory}"
 
 
@@ -212,13 +218,18 @@ def measure(name: str, module: nn.Module, x: torch.Tensor, target: Target) -> fl
     measured with, so parts and whole nets are timed alike."""
     target = target.resolved()
     module = module.eval()
-    with kept_memory(target.keep_memory and target.device == "cpu"):
-        if target.backend == "onnxruntime":
+    if target.backend == "onnxruntime":
+        with kept_memory(target.keeps_memory):
             return _ort_seconds(module, x, target)
-        return _torch_seconds(module, x, target)
+    with on_target(module, x, target) as (module, x, sync):
+        return _median_seconds(lambda: module(x), target, sync)
 
 
-def _torch_seconds(module: nn.Module, x: torch.Tensor, target: Target) -> float:
+@contextmanager
+def on_target(module: nn.Module, x: torch.Tensor, target: Target) -> Iterator[tuple[nn.Module, torch.Tensor, Callable]]:
+    """``module`` and ``x`` placed as ``target`` runs them (device, layout, threads, memory kept, inference
+    mode), with the device's sync; what every torch timing runs inside."""
+    target = target.resolved()
     previous = torch.get_num_threads()
     torch.set_num_threads(target.threads)
     try:
@@ -230,8 +241,8 @@ def _torch_seconds(module: nn.Module, x: torch.Tensor, target: Target) -> float:
         if target.channels_last:
             module = module.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            return _median_seconds(lambda: module(x), target, sync)
+        with kept_memory(target.keeps_memory), torch.inference_mode():
+            yield module, x, sync
     finally:
         torch.set_num_threads(previous)
 
@@ -345,7 +356,7 @@ def target_key(space: SearchSpace, target: Target | None = None, hr_size: tuple[
         "backend": t.backend,
         "device": t.device,
         "channels_last": t.channels_last if t.backend == "torch" else False,
-        "keep_memory": t.keep_memory and t.device == "cpu",
+        "keep_memory": t.keeps_memory,
         "hr_size": list(hr_size),
         **_table_space_fields(space),
     }
@@ -573,6 +584,6 @@ def parse_duration_ms(value: Any, field_name: str = "value") -> float:
 
 __all__ = [
     "DEFAULT_TIMER", "LatencyError", "LatencyModel", "Part", "Target", "build_model", "cache_dir", "cache_path",
-    "check_unpruned", "fit_correction", "latency_model", "measure", "measure_genotype", "parse_duration_ms", "parts_of",
+    "check_unpruned", "fit_correction", "latency_model", "measure", "measure_genotype", "on_target", "parse_duration_ms", "parts_of",
     "predict_ms", "space_of", "target_key",
 ]

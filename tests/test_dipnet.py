@@ -125,7 +125,8 @@ def test_bad_stages_name_their_field(stages, field):
     with pytest.raises(ConfigError, match=field):
         tiny_cfg(**{"train.progressive": stages})
     with pytest.raises(ConfigError, match=r"train\.progressive\[0\]\.loss.*loss\.l1 is disabled"):
-        tiny_cfg(**{"train.progressive": "[{until: 1.0, loss: l2}]", "loss.l1.enabled": "false"})
+        tiny_cfg(**{"train.progressive": "[{until: 1.0, loss: l2}]", "loss.l1.enabled": "false",
+                  "loss.dual.enabled": "true"})
 
 
 # ------------------------------------------------------------------------------------------ both

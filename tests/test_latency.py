@@ -103,6 +103,31 @@ def test_expected_latency_gradient_reaches_alpha_and_beta():
     assert any(b.grad is not None and b.grad.abs().sum() > 0 for b in betas[1:])
 
 
+class SlowingTimer(CountingTimer):
+    """The fake timer on a machine that slows by ``step`` per call: the drift the speed reference catches."""
+
+    def __init__(self, step: float):
+        super().__init__()
+        self.step = step
+
+    def __call__(self, *args):
+        self.calls += 1
+        return fake_latency_timer(*args) * (1 + self.step * self.calls)
+
+
+def test_the_table_records_its_speed_reference_and_warns_when_the_machine_moved():
+    space = small_space()
+    steady = latency.build_model(space, hr_size=HR, timer=CountingTimer(), progress=False)
+    ref = steady.fit["reference_ms"]
+    assert ref["start"] == ref["end"] > 0 and ref["drift"] == 0 and steady.reference_ms == ref["start"]
+    # the reference is one of the probe nets: timed alike, so the in-context table holds its time too
+    assert steady.fit["probe_nets_ms"][latency.BASE_OP] == pytest.approx(ref["start"], abs=1e-3)
+    with pytest.warns(UserWarning, match="not steady"):
+        moved = latency.build_model(space, hr_size=HR, timer=SlowingTimer(0.02), progress=False)
+    assert moved.fit["reference_ms"]["drift"] > latency.STEADY_TOLERANCE
+    assert latency.LatencyModel(steady.key, steady.parts_ms).reference_ms is None  # a table from before
+
+
 def test_the_correction_is_applied_only_when_measurement_shows_one():
     assert latency.fit_correction([100, 200], [101, 199])[0] == 1.0
     factor, fit = latency.fit_correction([100, 200], [70, 140])
@@ -296,5 +321,9 @@ def test_latency_suite_tiny_records_memory_and_parts_alone(tmp_path):
     assert set(records[0]["minor_page_faults_per_forward"]["kept"]) == set(mem["kept"])
     nets = [r for r in records if r["kind"] == "random"]
     assert len(nets) == 3 and all(r["predicted_ms"]["isolated_parts"] > 0 for r in nets)
-    assert {"corrected", "sum_of_parts", "isolated_parts"} <= set(summary["x4"])
+    assert {"corrected", "sum_of_parts", "isolated_parts", "speed_adjusted"} <= set(summary["x4"])
+    for r in nets:  # the reference timed beside each net scales the prediction by the machine's speed now
+        assert r["reference_speed"] > 0
+        assert r["predicted_ms"]["speed_adjusted"] == pytest.approx(r["predicted_ms"]["corrected"] * r["reference_speed"], rel=1e-3)
+        assert r["rel_error_speed_adjusted"] == pytest.approx(r["predicted_ms"]["speed_adjusted"] / r["measured_ms"] - 1, abs=1e-3)
     assert "memory kept" in summary["target"] and any("allocator defaults / memory kept" in line for line in lines)

@@ -91,13 +91,15 @@ def test_distill_term_pulls_towards_the_teacher():
 def test_composite_total_is_weighted_sum_and_config_switches_terms():
     lr, hr, sr = batch()
     dual = DualModel(2)
-    cfg = from_dict(LossConfig, {"dual": {"weight": 0.3}, "distill": {"enabled": True, "weight": 0.7}})
+    cfg = from_dict(LossConfig, {"dual": {"enabled": True, "weight": 0.3}, "distill": {"enabled": True, "weight": 0.7}})
     loss = CompositeLoss.from_config(cfg)
     assert loss.names == ["l1", "dual", "distill"]
     t = torch.rand_like(hr)
     total, parts = loss(LossInputs(lr, hr, sr, teacher_sr=t, dual=dual))
     expected = parts["l1"].item() + 0.3 * parts["dual"].item() + 0.7 * parts["distill"].item()
     assert total.item() == pytest.approx(expected)
+    off = CompositeLoss.from_config(from_dict(LossConfig, {}))  # dual is off by default
+    assert off.names == ["l1"]
     off = CompositeLoss.from_config(from_dict(LossConfig, {"dual": {"enabled": False}}))
     assert off.names == ["l1"]
     with pytest.raises(ConfigError, match="every term is disabled"):

@@ -81,7 +81,7 @@ def tiny_teacher(seed: int = 5) -> DerivedNet:
 
 
 FULL = {"ema.enabled": "true", "ema.decay": 0.9, "loss.importance.enabled": "true",
-        "loss.importance.round_steps": 2, "loss.distill.enabled": "true", "loss.distill.weight": 0.5}
+        "loss.importance.round_steps": 2, "loss.distill.enabled": "true", "loss.distill.weight": 0.5, "loss.dual.enabled": "true"}
 
 
 def weights(state: dict) -> dict[str, torch.Tensor]:

@@ -187,7 +187,8 @@ class _Suite:
 
     def retrain(self, out: Path, minutes: float, extra: list[str]):
         """``genotype`` retrained from scratch for ``minutes`` by the retraining engine; its result."""
-        rcfg = load_retrain_config(None, self._common() + [f"train.minutes={minutes}", *extra,
+        # the protocol's recipe is L1 + dual (the retraining default until dual was measured not to help)
+        rcfg = load_retrain_config(None, self._common() + [f"train.minutes={minutes}", "loss.dual.enabled=true", *extra,
                                                            *self.cfg.retrain_overrides])
         train, val = self.data()
         trainer = Trainer(rcfg, self.genotype, out, train_set=train, val_set=val, progress=False, log=True,

@@ -6,7 +6,10 @@ Three parts, each optional:
   ``rebuild``), then ``derived/*.json`` of that scale and ``n_random`` seeded random genotypes of the
   default space are measured whole (median of forwards after warm-up, channels-last, the same
   threads) and predicted, with and without the correction: median and worst relative error and
-  Spearman's rank correlation per scale and overall, and a scatter plot (PNG).
+  Spearman's rank correlation per scale and overall, and a scatter plot (PNG). The table's speed
+  reference (:func:`hdnas.core.latency.reference_genotype`) is timed right after each net: the ratio to
+  its time during the build is the machine's drift since, and a third set of figures multiplies the
+  prediction by it (``speed_adjusted``) to tell the model's error from the machine's.
 * **genotypes** — extra genotype files (e.g. searched under ``--latency-budget``): measured,
   predicted, and set against the latency budget their provenance records.
 * **compare** — two or more genotypes trained for the same steps with the quality protocol's trainer
@@ -34,7 +37,7 @@ from hdnas.core.cost import HR_SIZE, count, lr_size_for
 from hdnas.core.data import build_dataset
 from hdnas.core.evaluation import evaluate_model
 from hdnas.core.genotype import Genotype, load_genotype, random_genotype
-from hdnas.core.space import load_space
+from hdnas.core.space import SearchSpace, load_space
 
 
 @dataclass
@@ -102,7 +105,7 @@ def accuracy_stats(records: list[dict[str, Any]]) -> dict[str, Any]:
     if len(records) < 2:
         return out
     meas = [r["measured_ms"] for r in records]
-    for kind in ("corrected", "sum_of_parts", "isolated_parts"):
+    for kind in ("corrected", "sum_of_parts", "isolated_parts", "speed_adjusted"):
         if not all(kind in r["predicted_ms"] for r in records):
             continue
         pred = [r["predicted_ms"][kind] for r in records]
@@ -146,16 +149,21 @@ def _faults_per_forward(module: torch.nn.Module, x: torch.Tensor, target: latenc
 
 
 def _net_record(kind: str, name: str, geno: Genotype, model: latency.LatencyModel, cfg: LatencyBenchConfig,
-                target: latency.Target) -> dict[str, Any]:
+                target: latency.Target, space: SearchSpace) -> dict[str, Any]:
     measured = latency.measure_genotype(geno, target, cfg.hr_size)
     pred = {"corrected": round(model.predict(geno), 3), "sum_of_parts": round(model.predict(geno, corrected=False), 3)}
     isolated = model.fit.get("isolated_ms")
     if isolated and model.fit.get("method") == "in_context":  # the table's parts timed alone, for comparison
         pred["isolated_parts"] = round(latency.LatencyModel(model.key, dict(isolated)).predict(geno, corrected=False), 3)
-    return {"key": f"{kind}|x{geno.scale}|{name}", "kind": kind, "name": name, "scale": geno.scale,
-            "macs": count(geno).macs, "measured_ms": round(measured, 3), "predicted_ms": pred,
-            "rel_error": round(pred["corrected"] / measured - 1, 4),
-            "rel_error_sum_of_parts": round(pred["sum_of_parts"] / measured - 1, 4)}
+    rec = {"key": f"{kind}|x{geno.scale}|{name}", "kind": kind, "name": name, "scale": geno.scale,
+           "macs": count(geno).macs, "measured_ms": round(measured, 3), "predicted_ms": pred,
+           "rel_error": round(pred["corrected"] / measured - 1, 4),
+           "rel_error_sum_of_parts": round(pred["sum_of_parts"] / measured - 1, 4)}
+    if model.reference_ms:  # the speed reference right after the net: how fast the machine runs now
+        speed = latency.measure_genotype(latency.reference_genotype(space), target, cfg.hr_size) / model.reference_ms
+        pred["speed_adjusted"] = round(pred["corrected"] * speed, 3)
+        rec.update(reference_speed=round(speed, 4), rel_error_speed_adjusted=round(pred["speed_adjusted"] / measured - 1, 4))
+    return rec
 
 
 def run_latency_suite(cfg: LatencyBenchConfig, log: Log = print_line,
@@ -191,12 +199,14 @@ def run_latency_suite(cfg: LatencyBenchConfig, log: Log = print_line,
             rng = random.Random(cfg.seed * 1000 + s)
             genos += [("random", f"random-{k}", random_genotype(space, rng)) for k in range(cfg.n_random)]
             for kind, name, g in genos:
-                rec = _net_record(kind, name, g, model, cfg, target)
+                rec = _net_record(kind, name, g, model, cfg, target, space)
                 records.append(rec)
                 nets.append(rec)
                 log(f"[latency]   {name} x{s}: measured {rec['measured_ms']:.1f} ms, predicted "
                     f"{rec['predicted_ms']['corrected']:.1f} ({rec['rel_error']:+.1%}), sum of parts "
-                    f"{rec['predicted_ms']['sum_of_parts']:.1f} ({rec['rel_error_sum_of_parts']:+.1%})")
+                    f"{rec['predicted_ms']['sum_of_parts']:.1f} ({rec['rel_error_sum_of_parts']:+.1%})"
+                    + (f", machine speed {rec['reference_speed']:.3f} of the table's: adjusted "
+                       f"{rec['rel_error_speed_adjusted']:+.1%}" if "reference_speed" in rec else ""))
             summary[f"x{s}"] = accuracy_stats([r for r in nets if r["scale"] == s])
         summary["all"] = accuracy_stats(nets)
         plot = Path(cfg.plot) if cfg.plot else plot_default
@@ -204,8 +214,9 @@ def run_latency_suite(cfg: LatencyBenchConfig, log: Log = print_line,
             summary["plot"] = _shown(scatter_plot(nets, plot))
     for path in cfg.genotypes:
         g = load_genotype(path)
-        model = latency.latency_model(latency.space_of(g), target, cfg.hr_size)
-        rec = _net_record("budget", _shown(Path(path)), g, model, cfg, target)
+        space = latency.space_of(g)
+        model = latency.latency_model(space, target, cfg.hr_size)
+        rec = _net_record("budget", _shown(Path(path)), g, model, cfg, target, space)
         budget = (g.provenance or {}).get("latency_budget_ms")
         if budget:
             rec["latency_budget_ms"] = budget
@@ -281,13 +292,13 @@ def latency_table(records: list[dict[str, Any]], summary: dict[str, Any]) -> str
         if "corrected" not in st:
             continue
         c, r = st["corrected"], st["sum_of_parts"]
-        i = st.get("isolated_parts")
+        three = lambda d: f"{d['median_rel_error']:.1%} / {d['worst_rel_error']:.1%} / {d['spearman']:.3f}" if d else "-"  # noqa: E731
         rows.append([key, str(st["n"]), f"{c['median_rel_error']:.1%}", f"{c['worst_rel_error']:.1%}",
                      f"{c['spearman']:.3f}", f"{r['median_rel_error']:.1%}", f"{r['worst_rel_error']:.1%}",
-                     f"{r['spearman']:.3f}",
-                     f"{i['median_rel_error']:.1%} / {i['worst_rel_error']:.1%} / {i['spearman']:.3f}" if i else "-"])
+                     f"{r['spearman']:.3f}", three(st.get("isolated_parts")), three(st.get("speed_adjusted"))])
     text = format_table(["scale", "nets", "median err", "worst err", "Spearman", "median (sum)", "worst (sum)",
-                         "Spearman (sum)", "parts alone: median / worst / Spearman"], rows) if rows else ""
+                         "Spearman (sum)", "parts alone: median / worst / Spearman",
+                         "speed-adjusted: median / worst / Spearman"], rows) if rows else ""
     extra = [r for r in records if r.get("kind") in ("budget", "compare")]
     if extra:
         rows = []

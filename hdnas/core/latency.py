@@ -33,6 +33,13 @@ parts misses their measured latency by more than :data:`CORRECTION_THRESHOLD` (m
 model keeps the least-squares factor ``measured ≈ factor · sum`` and predictions are ``factor · sum``
 (still differentiable); otherwise the factor is 1. Both are reported.
 
+Speed reference
+---------------
+This CPU's speed drifts by 10–20 % over minutes. The build times a fixed reference net
+(:func:`reference_genotype`) first and last and records both (``fit["reference_ms"]``); it warns when
+they differ by more than :data:`STEADY_TOLERANCE`. The latency suite times the reference beside each
+net it checks, so its accuracy figures can be read with the machine's drift taken out.
+
 Targets and the cache
 ---------------------
 :class:`Target`: backend ``torch`` (eager; channels-last by default) or ``onnxruntime`` (CPU
@@ -81,6 +88,9 @@ CORRECTION_THRESHOLD = 0.03
 #: Random genotypes measured whole to fit the correction (seeded; kept apart from any benchmark's).
 CORRECTION_SAMPLES = 4
 CORRECTION_SEED = 1_000_003
+#: A table whose speed reference moved more than this between the start and the end of its build was
+#: measured on an unsteady machine: it is kept, with a warning.
+STEADY_TOLERANCE = 0.10
 
 
 class LatencyError(ConfigError):
@@ -312,6 +322,13 @@ class LatencyModel:
         total = self.table(space).total(genotype, space.ops)
         return total * (self.factor if corrected else 1.0)
 
+    @property
+    def reference_ms(self) -> float | None:
+        """The speed reference's time while the table was built (mean of its start and end); None for a
+        table built before it was recorded."""
+        ref = self.fit.get("reference_ms")
+        return (ref["start"] + ref["end"]) / 2 if ref else None
+
     def expected(self, space: SearchSpace, probs: ArchProbs, corrected: bool = True) -> torch.Tensor:
         """E[latency] (ms) under α/β probabilities (float64 scalar, differentiable)."""
         e = expected_cost(space, probs, self.table(space))
@@ -429,6 +446,13 @@ def probe_genotypes(space: SearchSpace) -> tuple[Callable[[str], Genotype], Geno
 BASE_OP = "conv_1x1"
 
 
+def reference_genotype(space: SearchSpace) -> Genotype:
+    """The machine's speed reference: the probe net with the base op at every step. Why: this CPU's speed
+    drifts by 10–20 % over minutes (other tenants, clocks), so a table and the nets it is checked against,
+    timed minutes apart, can disagree by the drift alone; the reference timed beside each makes it visible."""
+    return probe_genotypes(space)[0](BASE_OP)
+
+
 def _in_context(space: SearchSpace, isolated: dict[str, float], net_ms: Callable[[Genotype], float],
                 bar) -> tuple[dict[str, float], dict[str, Any]]:
     """Op, shell and backbone times (ms) as they run inside a net: differences of whole probe nets.
@@ -479,10 +503,14 @@ def build_model(space: SearchSpace, target: Target | None = None, hr_size: tuple
     parts = parts_of(space)
     samples = _correction_genotypes(space) if correction else []
     probes = (len(OPS) + (space.cells > space.fusion_cells)) if method == "in_context" else 0
-    bar = tqdm(total=len(parts) + probes + len(samples), desc=f"latency table ×{space.scale}", unit="part",
+    bar = tqdm(total=len(parts) + probes + len(samples) + 2, desc=f"latency table ×{space.scale}", unit="part",
                disable=not progress, leave=False)
     isolated: dict[str, float] = {}
+    reference = reference_genotype(space)
     try:
+        bar.set_postfix_str("speed reference")
+        ref_start = measure_genotype(reference, target, hr_size, timer)
+        bar.update()
         torch.manual_seed(0)
         for part in parts:
             bar.set_postfix_str(part.name)
@@ -501,10 +529,19 @@ def build_model(space: SearchSpace, target: Target | None = None, hr_size: tuple
             sums.append(model.predict(g, corrected=False))
             measured.append(measure_genotype(g, target, hr_size, timer))
             bar.update()
+        bar.set_postfix_str("speed reference")
+        ref_end = measure_genotype(reference, target, hr_size, timer)
+        bar.update()
     finally:
         bar.close()
     model.factor, model.fit = fit_correction(sums, measured)
     model.fit.update(extra)
+    drift = ref_end / ref_start - 1
+    model.fit["reference_ms"] = {"start": round(ref_start, 3), "end": round(ref_end, 3), "drift": round(drift, 4)}
+    if abs(drift) > STEADY_TOLERANCE:
+        warnings.warn(f"latency table ×{space.scale}: the speed reference took {ref_start:.1f} ms before the build and "
+                      f"{ref_end:.1f} ms after it ({drift:+.0%}): the machine was not steady; rebuild it on an idle "
+                      "machine for a trustworthy table", stacklevel=2)
     model.build_seconds = round(time.perf_counter() - t0, 2)
     return model
 
@@ -585,5 +622,5 @@ def parse_duration_ms(value: Any, field_name: str = "value") -> float:
 __all__ = [
     "DEFAULT_TIMER", "LatencyError", "LatencyModel", "Part", "Target", "build_model", "cache_dir", "cache_path",
     "check_unpruned", "fit_correction", "latency_model", "measure", "measure_genotype", "on_target", "parse_duration_ms", "parts_of",
-    "predict_ms", "space_of", "target_key",
+    "predict_ms", "reference_genotype", "space_of", "target_key",
 ]

@@ -42,7 +42,7 @@ class L1Config:
 
 @dataclass
 class DualConfig:
-    enabled: bool = True
+    enabled: bool = False  # off by default: no equal-steps run showed it helping (README, ablation)
     weight: float = 0.1  # λ_dual of DRN
     features: int = 16
 

@@ -228,23 +228,15 @@ def test_real_timer_on_a_tiny_table():
 
 
 _FAULTS_SCRIPT = """
-import resource, torch
-from hdnas.core.timing import _libc, kept_memory
+import torch
+from hdnas.core.timing import _libc, kept_memory, minor_faults_per_call
 torch.set_num_threads(1)
 conv = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16).eval()
 x = torch.rand(1, 16, 512, 1024)  # 32 MiB maps: above glibc's largest mmap threshold
 
-def faults(warmup=3, n=5):
-    # median page faults per forward after warm-up, as the timer runs it (how many forwards the heap
-    # takes to settle depends on the kernels the processor gets: one on AVX-512, two on another CI machine)
-    per = []
+def faults():
     with torch.inference_mode():
-        for i in range(warmup + n):
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            conv(x)
-            if i >= warmup:
-                per.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    return sorted(per)[n // 2]
+        return minor_faults_per_call(lambda: conv(x))
 
 default = faults()
 with kept_memory() as applied:

@@ -68,6 +68,10 @@ from hdnas.train.trainer import Trainer, load_retrain_config
 DIP_STAGES = ("plain", "reparam", "distill", "progressive", "iterative")
 #: DIPNet's progressive learning as the issue states it: LR patches 16 → 24 → 32, L2 in the last stage.
 PROGRESSIVE = [{"until": 0.4, "patch": 16}, {"until": 0.8, "patch": 24}, {"until": 1.0, "patch": 32, "loss": "l2"}]
+
+#: The protocol's retraining recipe (base and DIPNet stages): L1 + dual, pinned so its records stay
+#: comparable after the retraining default turned dual off.
+RETRAIN_RECIPE = ["loss.dual.enabled=true"]
 #: Steps are never the limit of a run in this suite: the wall-clock is.
 UNLIMITED_STEPS = 10**9
 
@@ -187,8 +191,7 @@ class _Suite:
 
     def retrain(self, out: Path, minutes: float, extra: list[str]):
         """``genotype`` retrained from scratch for ``minutes`` by the retraining engine; its result."""
-        # the protocol's recipe is L1 + dual (the retraining default until dual was measured not to help)
-        rcfg = load_retrain_config(None, self._common() + [f"train.minutes={minutes}", "loss.dual.enabled=true", *extra,
+        rcfg = load_retrain_config(None, self._common() + [f"train.minutes={minutes}", *RETRAIN_RECIPE, *extra,
                                                            *self.cfg.retrain_overrides])
         train, val = self.data()
         trainer = Trainer(rcfg, self.genotype, out, train_set=train, val_set=val, progress=False, log=True,
@@ -297,13 +300,15 @@ class _Suite:
 
     def dip_recipe(self, stage: str) -> list[str]:
         """The retraining overrides of DIPNet stage ``stage``: every earlier stage's, plus its own."""
-        steps = {"reparam": lambda: ["reparam.enabled=true"],
-                 "distill": lambda: [f"teacher.weights={self.need(self.base, 'base')}", "loss.distill.enabled=true",
-                                     "loss.feature_distill.enabled=true"],  # only the stages from here need the base
-                 "progressive": lambda: ["train.progressive=" + json.dumps(PROGRESSIVE)]}
         out: list[str] = []
         for s in DIP_STAGES[1:DIP_STAGES.index(stage) + 1]:
-            out += steps[s]() if s in steps else []
+            if s == "reparam":
+                out.append("reparam.enabled=true")
+            elif s == "distill":  # only the stages from here need the base
+                out += [f"teacher.weights={self.need(self.base, 'base')}", "loss.distill.enabled=true",
+                        "loss.feature_distill.enabled=true"]
+            elif s == "progressive":
+                out.append("train.progressive=" + json.dumps(PROGRESSIVE))
         return out
 
     def dip(self, part: str, stage: str) -> dict[str, Any]:
@@ -368,7 +373,7 @@ def run_compress_suite(cfg: CompressBenchConfig, log: Log = print_line,
         "scale": suite.scale, "genotype": str(suite.genotype_path), "minutes": cfg.minutes, "dip_steps": cfg.steps,
         "clock": "process CPU time (time.process_time)" if cfg.cpu_clock else "wall clock",
         "base": str(cfg.base_checkpoint) if cfg.base_checkpoint else f"retrained {cfg.base_minutes:g} min",
-        "rates": list(cfg.rates), "seed": cfg.seed, "threads": torch.get_num_threads(), "val_every": cfg.val_every,
+        "retrain_recipe": RETRAIN_RECIPE, "rates": list(cfg.rates), "seed": cfg.seed, "threads": torch.get_num_threads(), "val_every": cfg.val_every,
         "train_data": [str(p) for p in suite.train_paths or []] or ["<built-in sample set>"],
         "eval_sets": {n: (str(p) if p else "<built-in sample val set>") for n, p in suite.eval_paths.items()},
         "step_rate": cfg.step_rate, "tolerance": cfg.tolerance, "prune_fraction": cfg.prune_fraction,

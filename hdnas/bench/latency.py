@@ -20,7 +20,6 @@ Three parts, each optional:
 from __future__ import annotations
 
 import random
-import resource
 import statistics
 import time
 from dataclasses import dataclass, field, replace
@@ -38,6 +37,7 @@ from hdnas.core.data import build_dataset
 from hdnas.core.evaluation import evaluate_model
 from hdnas.core.genotype import Genotype, load_genotype, random_genotype
 from hdnas.core.space import SearchSpace, load_space
+from hdnas.core.timing import minor_faults_per_call
 
 
 @dataclass
@@ -138,14 +138,10 @@ def memory_record(scale: int, target: latency.Target, hr_size: tuple[int, int], 
             "default_over_kept": ratio, "minor_page_faults_per_forward": faults}
 
 
-def _faults_per_forward(module: torch.nn.Module, x: torch.Tensor, target: latency.Target, n: int = 3) -> float:
-    """Minor page faults per forward after two warm-up forwards, run as :func:`hdnas.core.latency.measure` runs it."""
+def _faults_per_forward(module: torch.nn.Module, x: torch.Tensor, target: latency.Target) -> float:
+    """Minor page faults per forward after warm-up, run as :func:`hdnas.core.latency.measure` runs it."""
     with latency.on_target(module, x, target) as (module, x, _):
-        module(x), module(x)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(n):
-            module(x)
-        return round((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / n, 1)
+        return minor_faults_per_call(lambda: module(x))
 
 
 def _net_record(kind: str, name: str, geno: Genotype, model: latency.LatencyModel, cfg: LatencyBenchConfig,

@@ -12,7 +12,7 @@ from typing import Optional
 
 from hdnas.core.config import ConfigError, DataConfig
 from hdnas.core.run import RunError
-from hdnas.train.losses import DistillConfig, LossConfig
+from hdnas.train.losses import DistillConfig, DualConfig, LossConfig
 from hdnas.train.trainer import TrainOptions
 
 METHODS = ("drc", "l1", "scratch", "iterative")
@@ -97,7 +97,9 @@ class CompressConfig:
     drc: DRCOptions = field(default_factory=DRCOptions)
     iterative: IterativeOptions = field(default_factory=IterativeOptions)
     train: TrainOptions = field(default_factory=_finetune_defaults)  # fine-tuning (and scratch training)
-    loss: LossConfig = field(default_factory=lambda: LossConfig(distill=DistillConfig(enabled=True)))
+    # fine-tuning: L1 + dual regression (DRC's objective; stated here, the retraining default is off) + distillation
+    loss: LossConfig = field(default_factory=lambda: LossConfig(dual=DualConfig(enabled=True),
+                                                                distill=DistillConfig(enabled=True)))
 
     def validate(self) -> None:
         check_rate(self.rate)

@@ -89,6 +89,19 @@ def kept_memory(enabled: bool = True) -> Iterator[bool]:
         lib.malloc_trim(0)
 
 
+def minor_faults_per_call(fn: Callable[[], Any], warmup: int = 3, repeats: int = 5) -> float:
+    """Median minor page faults of one ``fn()`` after ``warmup`` calls: how many calls the heap takes to
+    settle depends on the kernels the processor gets (one on AVX-512 here, two on another machine)."""
+    for _ in range(warmup):
+        fn()
+    per = []
+    for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        fn()
+        per.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return float(statistics.median(per))
+
+
 def dense_conv_gmacs(
     channels: int = 64, lr_size: tuple[int, int] = (180, 320), channels_last: bool = True, warmup: int = 2, repeats: int = 5
 ) -> float:

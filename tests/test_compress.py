@@ -199,7 +199,7 @@ def test_tool_end_to_end_writes_a_net_that_loads_summarises_and_exports(tmp_path
     tool = load_tool("compress")
     assert tool.main(base + ["--out", str(out), "--minutes", "5"]) == 0, capsys.readouterr().err
     text = capsys.readouterr().out
-    assert "Multi-Adds" in text and "widths" in text
+    assert "Multi-Adds" in text and "widths" in text and "before fine-tuning" in text
     net, geno = load_model(out / "best.pt")
     saved = out / "genotype.json"
     g2 = load_genotype(saved)
@@ -348,3 +348,25 @@ def test_iterative_unscripted_within_a_wide_tolerance_runs_every_round(tmp_path,
     assert all(math.isfinite(r["val_psnr"]) and r["drop"] == pytest.approx(it["reference_psnr"] - r["val_psnr"])
                for r in it["rounds"])
     assert (out / "best.pt").read_bytes() == (out / "round2" / "best.pt").read_bytes()
+
+
+def test_finetune_scores_the_pruned_weights_before_its_first_step_and_scratch_does_not(tmp_path):
+    from hdnas.compress.drc import uniform_widths
+    from hdnas.compress.prune import finetune, held_out_psnr, l1_prune, train_from_scratch
+    from hdnas.core.data.datasets import build_dataset
+    data = write_folder(tmp_path / "data", 4, 40, 3)
+    train_set, val_set = build_dataset([data], 2, "train"), build_dataset([data], 2, "val")
+    torch.manual_seed(0)
+    net = tiny_net(1)
+    widths = uniform_widths(net.genotype, 0.5, 2)
+    pruned = l1_prune(net, widths)
+    before = held_out_psnr(pruned.eval(), val_set)
+    cfg = load_compress_config(None, ["threads=1", "device=cpu", "data.patch=8", "data.batch=2", "train.steps=2",
+                                      "train.val_every=2"])
+    res = finetune(pruned, net, cfg, tmp_path / "ft", None, train_set=train_set, val_set=val_set,
+                   progress=False, log=False)
+    assert res.start_psnr == pytest.approx(before, abs=1e-6)
+    assert res.history[-1]["step"] == 2 and res.history[-1]["val_psnr"] != pytest.approx(before, abs=1e-9)
+    scratch = train_from_scratch(net.genotype, widths, cfg, tmp_path / "sc", None, train_set=train_set,
+                                 val_set=val_set, progress=False, log=False)
+    assert scratch.start_psnr is None

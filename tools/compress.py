@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"params     {format_count(res.params_before)} -> {format_count(res.params)}")
     t = res.train
     if t is not None:
+        if t.start_psnr is not None:
+            print(f"surgery    validation PSNR-Y {t.start_psnr:.2f} dB before fine-tuning")
         print(f"fine-tune  {t.step} steps ({t.stopped}); validation PSNR-Y {t.val_psnr:.2f} dB (best {t.best_psnr:.2f} dB); "
               f"bicubic {t.bicubic_psnr:.2f} dB")
     print(f"wrote      {res.out / 'best.pt'}  {res.out / 'genotype.json'}")

@@ -352,7 +352,7 @@ def _train_stats(res) -> dict[str, Any] | None:
     if res is None:
         return None
     return {"steps": res.step, "seconds": round(res.seconds, 1), "stopped": res.stopped,
-            "best_val_psnr": res.best_psnr, "best_step": res.best_step}
+            "best_val_psnr": res.best_psnr, "best_step": res.best_step, "start_val_psnr": res.start_psnr}
 
 
 def run_compress_suite(cfg: CompressBenchConfig, log: Log = print_line,

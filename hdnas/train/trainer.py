@@ -268,6 +268,7 @@ class TrainResult:
     bicubic_psnr: float
     seconds: float
     history: list[dict]
+    start_psnr: float | None = None  # held-out PSNR of given start weights before step 1 (compression's fine-tunes)
 
 
 # ---------------------------------------------------------------------------------------- trainer

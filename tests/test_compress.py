@@ -366,7 +366,11 @@ def test_finetune_scores_the_pruned_weights_before_its_first_step_and_scratch_do
     res = finetune(pruned, net, cfg, tmp_path / "ft", None, train_set=train_set, val_set=val_set,
                    progress=False, log=False)
     assert res.start_psnr == pytest.approx(before, abs=1e-6)
-    assert res.history[-1]["step"] == 2 and res.history[-1]["val_psnr"] != pytest.approx(before, abs=1e-9)
+    assert res.history[0]["step"] == 0 and res.history[-1]["step"] == 2
+    assert res.history[-1]["val_psnr"] != pytest.approx(before, abs=1e-9)
+    assert res.best_psnr == max(h["val_psnr"] for h in res.history)  # the start is a best.pt candidate
+    saved, _ = load_model(tmp_path / "ft" / "best.pt")
+    assert held_out_psnr(saved.eval(), val_set) == pytest.approx(res.best_psnr, abs=1e-5)
     scratch = train_from_scratch(net.genotype, widths, cfg, tmp_path / "sc", None, train_set=train_set,
                                  val_set=val_set, progress=False, log=False)
     assert scratch.start_psnr is None

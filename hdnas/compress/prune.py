@@ -88,9 +88,9 @@ def _train(rcfg: RetrainConfig, genotype: Genotype, out, init: nn.Module | None,
     start = None
     if not (resume and trainer.resume(missing_ok=True)):
         trainer.start(force=force)
-        if init is not None:  # scored before any step (off the clock): what surgery alone kept
-            trainer.model.load_state_dict(init.state_dict())
-            start = trainer.validate()["psnr"] if trainer.dist.is_main else None
+        if init is not None:  # scored and saved before any step: what surgery alone kept is a best.pt candidate
+            trainer.model.load_state_dict(init.state_dict())  # (fine-tuning a converged net can lose to it)
+            start = trainer.score_start()["psnr"] if trainer.dist.is_main else None
     res = trainer.run()
     return res if start is None else replace(res, start_psnr=start)
 

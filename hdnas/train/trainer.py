@@ -590,6 +590,11 @@ class Trainer(Run):
         over = self.elapsed + (self.clock() - started) >= minutes * 60.0
         return self.dist.all_reduce_scalar(1.0 if over else 0.0) > 0
 
+    def score_start(self) -> dict[str, float]:
+        """Validate and save the weights before step 1 (every process calls it): a best.pt candidate,
+        so a fine-tune that only loses to its starting weights keeps them."""
+        return self._validate_and_save(self.clock(), {})
+
     def _validate_and_save(self, started: float, losses: dict[str, float]) -> dict[str, float]:
         val = self.validate() if self.dist.is_main else {"psnr": float("nan"), "ssim": float("nan")}
         best = self.dist.is_main and val["psnr"] > self.best_psnr

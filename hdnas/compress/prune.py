@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -85,14 +85,12 @@ def _train(rcfg: RetrainConfig, genotype: Genotype, out, init: nn.Module | None,
            resume: bool, force: bool, train_set, val_set, progress: bool, log: bool, clock: Clock) -> TrainResult:
     trainer = Trainer(rcfg, genotype, out, teacher=teacher, train_set=train_set, val_set=val_set,
                       progress=progress, log=log, clock=clock)
-    start = None
     if not (resume and trainer.resume(missing_ok=True)):
         trainer.start(force=force)
         if init is not None:  # scored and saved before any step: what surgery alone kept is a best.pt candidate
             trainer.model.load_state_dict(init.state_dict())  # (fine-tuning a converged net can lose to it)
-            start = trainer.score_start()["psnr"] if trainer.dist.is_main else None
-    res = trainer.run()
-    return res if start is None else replace(res, start_psnr=start)
+            trainer.score_start()
+    return trainer.run()
 
 
 def finetune(pruned: DerivedNet, teacher: nn.Module | None, cfg: CompressConfig, out: str | os.PathLike,

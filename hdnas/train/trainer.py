@@ -268,7 +268,11 @@ class TrainResult:
     bicubic_psnr: float
     seconds: float
     history: list[dict]
-    start_psnr: float | None = None  # held-out PSNR of given start weights before step 1 (compression's fine-tunes)
+
+    @property
+    def start_psnr(self) -> float | None:
+        """Held-out PSNR of the weights before step 1, when the run scored them (:meth:`Trainer.score_start`)."""
+        return self.history[0]["val_psnr"] if self.history and self.history[0]["step"] == 0 else None
 
 
 # ---------------------------------------------------------------------------------------- trainer

@@ -350,6 +350,47 @@ def test_iterative_unscripted_within_a_wide_tolerance_runs_every_round(tmp_path,
     assert (out / "best.pt").read_bytes() == (out / "round2" / "best.pt").read_bytes()
 
 
+def test_finetune_starts_the_dual_term_from_the_source_runs_dual_model_and_refuses_one_that_does_not_fit(tmp_path):
+    from hdnas.compress.job import run_compress
+    from hdnas.compress.config import CompressError
+    data = write_folder(tmp_path / "data", 6, 40, 0)
+    rcfg = load_retrain_config(None, ["threads=1", "device=cpu", "data.patch=8", "data.batch=2", "train.steps=2",
+                                      "train.val_every=2", "data.val_fraction=0.25", f'data.paths=["{data}"]',
+                                      "loss.dual.enabled=true", "train.lr=1e-2"])
+    Trainer(rcfg, tiny_genotype(5), tmp_path / "src", progress=False, log=False).run()
+    ck = tmp_path / "src" / "last.pt"
+    source = load_checkpoint(ck)["dual"]
+    # a vanishing lr: after one Adam step, D is where it started (to ~1e-12)
+    for method, carried in (("l1", True), ("scratch", False)):
+        cfg = cfg_for(data, method=method, rate=0.5, **{"loss.dual.enabled": "true", "train.steps": 1,
+                                                       "train.lr": 1e-12, "train.val_every": 1})
+        run_compress(cfg, ck, tmp_path / method, force=True, progress=False, log=False)
+        dual = load_checkpoint(tmp_path / method / "last.pt")["dual"]
+        same = all(torch.allclose(dual[k], source[k], atol=1e-9) for k in source)
+        assert same is carried, method  # the from-scratch baseline starts its D fresh, as its net
+    cfg = cfg_for(data, method="l1", rate=0.5, **{"loss.dual.enabled": "true", "loss.dual.features": 8})
+    with pytest.raises(CompressError, match="loss.dual.features=8"):
+        run_compress(cfg, ck, tmp_path / "bad", force=True, progress=False, log=False)
+
+
+def test_finetune_distils_from_the_teachers_forward_on_each_patch_not_its_cached_whole_image_output(tmp_path):
+    from hdnas.compress.prune import finetune, l1_prune
+    from hdnas.core.data.datasets import build_dataset
+    data = write_folder(tmp_path / "data", 4, 40, 3)
+    train_set, val_set = build_dataset([data], 2, "train"), build_dataset([data], 2, "val")
+    torch.manual_seed(0)
+    net = tiny_net(1)
+    distill = {}
+    for cache in (False, True):  # at full widths the student is its teacher: the first step's target is itself
+        cfg = load_compress_config(None, ["threads=1", "device=cpu", "data.patch=8", "data.batch=2", "train.steps=1",
+                                          "train.val_every=1", f"teacher_cache={str(cache).lower()}"])
+        res = finetune(l1_prune(net, prunable_widths(net.genotype)), net, cfg, tmp_path / f"ft{cache}", None,
+                       train_set=train_set, val_set=val_set, progress=False, log=False)
+        distill[cache] = res.history[-1]["distill"]
+    assert distill[False] < 1e-7
+    assert distill[True] > 1e-4  # whole-image context and uint8 rounding: a target the student is not
+
+
 def test_finetune_scores_the_pruned_weights_before_its_first_step_and_scratch_does_not(tmp_path):
     from hdnas.compress.drc import uniform_widths
     from hdnas.compress.prune import finetune, held_out_psnr, l1_prune, train_from_scratch

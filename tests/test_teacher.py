@@ -157,10 +157,24 @@ def test_teacher_cost_per_step_is_one_forward_or_none_when_cached(tmp_path, cach
     assert calls[0] - before == (0 if cache else 3)
 
 
+def test_by_default_the_teacher_runs_on_each_batch_its_cached_target_is_not_its_patch_forward(tmp_path):
+    teacher = tiny_teacher()
+    tr = make_trainer(tmp_path, tiny_cfg(**{"loss.distill.enabled": "true"}), teacher=teacher)
+    assert tr.teacher_outputs is None
+    lr, hr = tr._batch(0)
+    with torch.no_grad():
+        patch_forward = teacher(lr)
+    cached = make_trainer(tmp_path / "c", tiny_cfg(**{"loss.distill.enabled": "true", "teacher.cache": "true"}),
+                          teacher=teacher)
+    _, _, target = cached._batch(0)  # the same patches (the batch is seeded by the step)
+    assert (target.float() - patch_forward).abs().mean() > 1e-4
+
+
 def test_feature_distillation_runs_the_teacher_every_step_despite_the_cache(tmp_path):
     teacher = tiny_teacher()
     calls = count_forwards(teacher)
-    cfg = tiny_cfg(**{"loss.distill.enabled": "true", "loss.feature_distill.enabled": "true"})
+    cfg = tiny_cfg(**{"loss.distill.enabled": "true", "loss.feature_distill.enabled": "true",
+                      "teacher.cache": "true"})
     tr = make_trainer(tmp_path, cfg, teacher=teacher)
     assert tr.teacher_outputs is None and calls[0] == 0
     tr.train_step(0)
@@ -171,8 +185,8 @@ def test_cached_outputs_for_another_image_set_are_refused(tmp_path):
     train, _ = tiny_sets()
     other = TeacherOutputs(tiny_teacher(), train.subset([0, 1]))
     with pytest.raises(TeacherError, match="do not match the training images"):
-        make_trainer(tmp_path, tiny_cfg(**{"loss.distill.enabled": "true"}), teacher=tiny_teacher(),
-                     teacher_outputs=other)
+        make_trainer(tmp_path, tiny_cfg(**{"loss.distill.enabled": "true", "teacher.cache": "true"}),
+                     teacher=tiny_teacher(), teacher_outputs=other)
 
 
 # ------------------------------------------------------------------------------ importance options

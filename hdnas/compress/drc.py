@@ -171,6 +171,18 @@ def select_channels(scores: dict[str, torch.Tensor], widths: dict[str, int]) -> 
 # ---------------------------------------------------------------------------------- the search net
 
 
+def load_dual_state(dual: nn.Module, state: dict | None, features: int) -> None:
+    """Load the source run's dual model into ``dual`` (nothing when it had none); a clear error when
+    ``loss.dual.features`` differs from the source run's."""
+    if state is None:
+        return
+    try:
+        dual.load_state_dict(state)
+    except RuntimeError:
+        raise CompressError(f"the source checkpoint's dual model does not fit loss.dual.features={features}; "
+                            f"set it to the source run's value") from None
+
+
 class ChannelSearchNet(nn.Module):
     """A trained :class:`DerivedNet` whose prunable layers are softmax(α)-mixtures of width masks, and
     the dual model D. ``forward(lr)`` returns (SR, D(SR)). Weight parameters: the net's and D's;
@@ -303,8 +315,7 @@ class ChannelSearch(Run):
         for p in net.parameters():
             p.requires_grad_(True)
         dual = DualModel(genotype.scale, cfg.loss.dual.features)
-        if dual_state is not None:
-            dual.load_state_dict(dual_state)
+        load_dual_state(dual, dual_state, cfg.loss.dual.features)
         dual = dual.to(self.device)
         self.scores = saliency(net, dual, [self._batch(b, "a", stream=2) for b in range(opts.saliency_batches)],
                                opts.dual_weight)

@@ -136,14 +136,15 @@ def run_compress(cfg: CompressConfig, checkpoint: str | os.PathLike, out: str | 
         if cfg.minutes is not None:  # the search's time (over resumes) comes off the total
             minutes_left = cfg.minutes - search.seconds / 60.0
         result = finetune(pruned, net, cfg, out, minutes_left, resume=resume, force=force, train_set=train_set,
-                          val_set=val_set, progress=progress, log=log, clock=clock)
+                          val_set=val_set, progress=progress, log=log, clock=clock, dual_state=dual_state)
     elif cfg.method == "l1":
         widths = target_widths
         result = finetune(l1_prune(net, widths), net, cfg, out, minutes_left, resume=resume, force=force,
-                          train_set=train_set, val_set=val_set, progress=progress, log=log, clock=clock)
+                          train_set=train_set, val_set=val_set, progress=progress, log=log, clock=clock,
+                          dual_state=dual_state)
     elif cfg.method == "iterative":
         iterative = iterative_prune(net, cfg, out, minutes_left, resume=resume, force=force, train_set=train_set,
-                                    val_set=val_set, progress=progress, log=log, clock=clock)
+                                    val_set=val_set, progress=progress, log=log, clock=clock, dual_state=dual_state)
         widths = widths_of(iterative.net.genotype)
         result = iterative.train
     else:

@@ -36,7 +36,8 @@ from hdnas.core.run import build_data, save_checkpoint
 from hdnas.core.surgery import prunable_widths, prune
 from hdnas.core.weights import CHECKPOINT_FORMAT, load_model
 from hdnas.compress.config import CompressConfig, CompressError
-from hdnas.compress.drc import layer_modules, ranking, widths_genotype
+from hdnas.compress.drc import layer_modules, load_dual_state, ranking, widths_genotype
+from hdnas.train.teacher import TeacherConfig
 from hdnas.train.trainer import RetrainConfig, Trainer, TrainResult
 
 
@@ -75,18 +76,22 @@ def retrain_config(cfg: CompressConfig, minutes: float | None, distill: bool) ->
     train = copy.deepcopy(cfg.train)
     train.minutes = minutes if minutes is None else max(minutes, 0.0)
     return RetrainConfig(name=cfg.name, seed=cfg.seed, device=cfg.device, threads=cfg.threads, runs_dir=cfg.runs_dir,
-                         data=copy.deepcopy(cfg.data), train=train, loss=loss)
+                         data=copy.deepcopy(cfg.data), train=train, loss=loss,
+                         teacher=TeacherConfig(cache=cfg.teacher_cache))
 
 
 Clock = Callable[[], float]
 
 
 def _train(rcfg: RetrainConfig, genotype: Genotype, out, init: nn.Module | None, teacher: nn.Module | None, *,
-           resume: bool, force: bool, train_set, val_set, progress: bool, log: bool, clock: Clock) -> TrainResult:
+           resume: bool, force: bool, train_set, val_set, progress: bool, log: bool, clock: Clock,
+           dual_state: dict | None = None) -> TrainResult:
     trainer = Trainer(rcfg, genotype, out, teacher=teacher, train_set=train_set, val_set=val_set,
                       progress=progress, log=log, clock=clock)
     if not (resume and trainer.resume(missing_ok=True)):
         trainer.start(force=force)
+        if trainer.dual is not None:  # D keeps its fit to the source: a fresh one's large early loss pulls the net off
+            load_dual_state(trainer.dual, dual_state, rcfg.loss.dual.features)
         if init is not None:  # scored and saved before any step: what surgery alone kept is a best.pt candidate
             trainer.model.load_state_dict(init.state_dict())  # (fine-tuning a converged net can lose to it)
             trainer.score_start()
@@ -96,15 +101,16 @@ def _train(rcfg: RetrainConfig, genotype: Genotype, out, init: nn.Module | None,
 def finetune(pruned: DerivedNet, teacher: nn.Module | None, cfg: CompressConfig, out: str | os.PathLike,
              minutes: float | None = None, *, resume: bool = False, force: bool = False,
              train_set: SRImageSet | None = None, val_set: SRImageSet | None = None, progress: bool = True,
-             log: bool = True, clock: Clock = time.monotonic) -> TrainResult:
+             log: bool = True, clock: Clock = time.monotonic, dual_state: dict | None = None) -> TrainResult:
     """Train ``pruned`` from its own weights with ``teacher`` (the unpruned net) for ``loss.distill``;
     writes ``out/best.pt`` and ``out/last.pt`` (retrain checkpoints). ``resume`` continues ``out/last.pt``
-    when there is one. ``clock`` measures ``minutes`` (``time.process_time``: CPU time)."""
+    when there is one. ``clock`` measures ``minutes`` (``time.process_time``: CPU time). ``dual_state``:
+    the source run's dual model, which the dual term starts from (its width does not depend on the net's)."""
     if type(pruned) is not DerivedNet:
         raise CompressError(f"fine-tuning expects a plain DerivedNet, got {type(pruned).__name__}")
     rcfg = retrain_config(cfg, minutes, distill=teacher is not None)
     return _train(rcfg, pruned.genotype, out, pruned, teacher, resume=resume, force=force, train_set=train_set,
-                  val_set=val_set, progress=progress, log=log, clock=clock)
+                  val_set=val_set, progress=progress, log=log, clock=clock, dual_state=dual_state)
 
 
 def train_from_scratch(genotype: Genotype, widths: dict[str, int], cfg: CompressConfig, out: str | os.PathLike,
@@ -166,7 +172,7 @@ class IterativeResult:
 def iterative_prune(net: DerivedNet, cfg: CompressConfig, out: str | os.PathLike, minutes: float | None = None, *,
                     resume: bool = False, force: bool = False, train_set: SRImageSet | None = None,
                     val_set: SRImageSet | None = None, progress: bool = True, log: bool = True,
-                    clock: Clock = time.monotonic) -> IterativeResult:
+                    clock: Clock = time.monotonic, dual_state: dict | None = None) -> IterativeResult:
     """DIPNet's iterative pruning of ``net`` (module docstring): round r fine-tunes in ``out/round{r}``;
     the last good net is written to ``out/best.pt`` (a retrain checkpoint: ``load_model`` reads it).
 
@@ -195,7 +201,8 @@ def iterative_prune(net: DerivedNet, cfg: CompressConfig, out: str | os.PathLike
             break
         run_dir = out / f"round{r}"
         res = finetune(l1_prune(current, target), net, cfg, run_dir, per_round, resume=resume, force=force,
-                       train_set=train_set, val_set=val_set, progress=progress, log=log, clock=clock)
+                       train_set=train_set, val_set=val_set, progress=progress, log=log, clock=clock,
+                       dual_state=dual_state)
         rep = count(widths_genotype(current.genotype, target))
         drop = reference - res.best_psnr
         good = drop <= opts.tolerance

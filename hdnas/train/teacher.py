@@ -11,13 +11,16 @@ importance learning (round 0 starts from its per-pixel error). It is any trained
 
 A zoo net with parameters and no weights is refused: an untrained teacher teaches noise.
 
-**Cost.** Without a cache the teacher runs once per step on the batch's LR patches (a forward,
-no backward). With ``teacher.cache`` (default) it runs once per training image before the first
-step (:class:`TeacherOutputs`), and each step crops the teacher's output at the patch's window, flipped
+**Cost.** By default the teacher runs once per step on the batch's LR patches (a forward, no
+backward). With ``teacher.cache`` it runs once per training image before the first step
+(:class:`TeacherOutputs`), and each step crops the teacher's output at the patch's window, flipped
 as the patch is: no teacher forward per step. The cached output is the teacher's SR of the *whole*
 image rounded to uint8 (what the teacher would save as a picture), so it differs from a patch
 forward near patch borders (zero padding there) and in ESA's pooled mask, which sees the whole
-image; it needs as much memory as the HR training images. Feature distillation reads the teacher's
+image: a target the student cannot reach from the patch. For the 13,000-step ×4 base it is 0.0065
+from the net's own patch forward (mean |Δ| over 24×24 LR patches; 0.0046 away from the borders,
+0.0011 from rounding; ``benchmarks/teacher_cache_gap.py``), a sixth of its L1 error, so a net
+distilled from its own cache drifts off it; hence off by default. It needs as much memory as the HR training images. Feature distillation reads the teacher's
 features, which are not cached, so with ``loss.feature_distill`` the teacher runs every step.
 """
 
@@ -49,7 +52,7 @@ class TeacherConfig:
     genotype: Optional[str] = None
     weights: Optional[str] = None
     model: Optional[str] = None  # a zoo reference name (bicubic alone; others with weights)
-    cache: bool = True  # teacher SR of each training image once, cropped per step; False: a forward per step
+    cache: bool = False  # True: teacher SR of each training image once, cropped per step (biased: see above)
 
 
 class TeacherError(RunError):

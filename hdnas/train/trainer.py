@@ -21,10 +21,10 @@ features after its live cells are pulled toward the teacher's after paired cells
 1×1 aligners that train in the student's optimiser (a second parameter group) and sit in checkpoints
 under ``aligners``, outside ``model``: the saved net is the plain one.
 
-The teacher (``teacher.*``, :mod:`hdnas.train.teacher`): any trained net. With ``teacher.cache``
-(default) its outputs on the whole training images are computed once when the trainer is built and
-each batch crops them at the patches' windows, so a step runs no teacher; otherwise it runs once per
-step on the batch. Importance rounds switch at ``round_steps`` or, with ``loss.importance.rounds``, at
+The teacher (``teacher.*``, :mod:`hdnas.train.teacher`): any trained net. It runs once per step on
+the batch; with ``teacher.cache`` its outputs on the whole training images are computed once when the
+trainer is built and each batch crops them at the patches' windows, so a step runs no teacher (faster,
+but a target that differs from the teacher's patch forward). Importance rounds switch at ``round_steps`` or, with ``loss.importance.rounds``, at
 fractions of the run (:func:`run_fraction`).
 
 Progressive learning (``train.progressive``, :class:`ProgressiveStage`): the LR patch grows stage by

@@ -59,7 +59,9 @@ def test_folded_equals_unfolded_on_whole_images(k, c_in, c_out, mid):
         conv = rep.fold()
         assert type(conv) is nn.Conv2d and conv.kernel_size == (k, k) and conv.padding == (k // 2, k // 2)
         with torch.no_grad():
-            torch.testing.assert_close(conv(x), rep(x), rtol=0, atol=1e-5)
+            branches = rep.branches(x)  # each branch its own conv: the definition
+            torch.testing.assert_close(conv(x), branches, rtol=0, atol=1e-5)
+            torch.testing.assert_close(rep(x), branches, rtol=0, atol=1e-5)  # training's one combined conv
     # the border is where the 1×1 → k×k branch's bias would leak if the inner map were zero-padded
     if k > 1:
         x = torch.randn(1, c_in, 9, 9, generator=g)
@@ -69,6 +71,23 @@ def test_folded_equals_unfolded_on_whole_images(k, c_in, c_out, mid):
         assert (naive - exact).abs()[..., 0, 0].max() > 1e-4  # the two differ at the corner ...
         torch.testing.assert_close(naive[..., k // 2:-(k // 2), k // 2:-(k // 2)],
                                    exact[..., k // 2:-(k // 2), k // 2:-(k // 2)], rtol=0, atol=1e-5)  # ... not inside
+
+
+@pytest.mark.parametrize("c_in,c_out,mid", [(6, 6, 2), (5, 3, 1)])
+def test_training_forward_gives_every_branch_the_gradient_of_the_branch_wise_sum(c_in, c_out, mid):
+    rep = RepConv(nn.Conv2d(c_in, c_out, 3, padding=1), mid)
+    randomise(rep, seed=7)
+    x = torch.randn(2, c_in, 8, 9, generator=torch.Generator().manual_seed(1))
+    target = torch.randn(2, c_out, 8, 9, generator=torch.Generator().manual_seed(2))
+    grads = {}
+    for how in ("forward", "branches"):
+        rep.zero_grad()
+        (getattr(rep, how)(x) - target).abs().mean().backward()
+        grads[how] = {n: p.grad.clone() for n, p in rep.named_parameters()}
+    assert set(grads["forward"]) == {n for n, _ in rep.named_parameters()}
+    for name, g in grads["branches"].items():
+        assert g.abs().max() > 0, name
+        torch.testing.assert_close(grads["forward"][name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_starts_as_the_plain_conv_and_every_branch_learns():

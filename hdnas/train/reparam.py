@@ -12,7 +12,11 @@ During retraining (``reparam.enabled``) each plain ``conv_kxk`` op of the cells 
 * when c_in == c_out, the identity scaled per channel (a learnable γ): a centred delta kernel.
 
 No batch norm: the branches are linear, so their sum is one k×k conv with one bias
-(:meth:`RepConv.folded`), computed in float64. :func:`fold` turns a trained net back into the plain
+(:meth:`RepConv.folded`, computed in float64). Training runs that one conv too, its kernel combined
+from the branches' parameters at every forward (online re-parameterisation, Hu et al., OREPA 2022):
+the function and every branch's gradient are those of the branch-wise sum (:meth:`RepConv.branches`),
+at the cost of the plain conv plus a kernel-sized einsum, where running the branches cost 1.55× the
+plain net's training step. :func:`fold` turns a trained net back into the plain
 net of its genotype — the same module tree and state-dict keys as ``DerivedNet`` — so a deployed
 net pays nothing for the branches.
 
@@ -86,6 +90,14 @@ class RepConv(nn.Module):
                 t.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One k×k conv with the branches' combined kernel, built each call (online re-parameterisation,
+        as OREPA): the same function and the same gradients for every branch as :meth:`branches`, since
+        the branches are linear, at the plain conv's cost instead of four convs."""
+        w, b = self._combined(self.kxk.weight.dtype)
+        return F.conv2d(x, w, b, padding=self.kernel // 2)
+
+    def branches(self, x: torch.Tensor) -> torch.Tensor:
+        """The sum of the branches, each run as a conv: what :meth:`forward` and :meth:`fold` equal."""
         p = self.kernel // 2
         # the 1×1's output over a zero-padded input: zeros outside become the bias, as in the folded conv
         inner = F.pad(F.conv2d(x, self.expand.weight), (p, p, p, p)) + self.expand.bias.view(1, -1, 1, 1)
@@ -94,21 +106,25 @@ class RepConv(nn.Module):
             y = y + self.scale.view(1, -1, 1, 1) * x
         return y
 
+    def _combined(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of the one k×k conv equal to the sum of the branches, computed in ``dtype``
+        (differentiable: no in-place writes into a parameter's view)."""
+        p = self.kernel // 2
+        w1 = self.expand.weight.to(dtype)[:, :, 0, 0]  # (mid, c_in)
+        w2 = self.seq.weight.to(dtype)  # (c_out, mid, k, k)
+        centre = self.point.weight.to(dtype)[:, :, 0, 0]  # (c_out, c_in)
+        if self.scale is not None:
+            centre = centre + torch.diag(self.scale.to(dtype))
+        w = self.kxk.weight.to(dtype) + torch.einsum("omhw,mi->oihw", w2, w1) + F.pad(centre[:, :, None, None],
+                                                                                       (p, p, p, p))
+        b = (self.kxk.bias.to(dtype) + self.seq.bias.to(dtype) + self.point.bias.to(dtype)
+             + torch.einsum("omhw,m->o", w2, self.expand.bias.to(dtype)))
+        return w, b
+
     @torch.no_grad()
     def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(weight, bias) of the one k×k conv equal to the sum of the branches (summed in float64)."""
-        p = self.kernel // 2
-        w = self.kxk.weight.double().clone()
-        b = self.kxk.bias.double().clone()
-        w1 = self.expand.weight.double()[:, :, 0, 0]  # (mid, c_in)
-        w2 = self.seq.weight.double()  # (c_out, mid, k, k)
-        w += torch.einsum("omhw,mi->oihw", w2, w1)
-        b += self.seq.bias.double() + torch.einsum("omhw,m->o", w2, self.expand.bias.double())
-        w[:, :, p, p] += self.point.weight.double()[:, :, 0, 0]
-        b += self.point.bias.double()
-        if self.scale is not None:
-            idx = torch.arange(w.shape[0], device=w.device)
-            w[idx, idx, p, p] += self.scale.double()
+        w, b = self._combined(torch.float64)
         dt = self.kxk.weight.dtype
         return w.to(dt), b.to(dt)
 

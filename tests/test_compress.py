@@ -181,9 +181,9 @@ def test_channel_search_resume_is_exact(tmp_path):
     assert abs(res.macs - res.target_macs) <= 0.05 * res.target_macs or res.moves
 
 
-def _trained_checkpoint(tmp_path: Path, data: Path) -> Path:
+def _trained_checkpoint(tmp_path: Path, data: Path, *extra: str) -> Path:
     rcfg = load_retrain_config(None, ["threads=1", "device=cpu", "data.patch=8", "data.batch=2", "train.steps=2",
-                                      "train.val_every=2", "data.val_fraction=0.25", f'data.paths=["{data}"]'])
+                                      "train.val_every=2", "data.val_fraction=0.25", f'data.paths=["{data}"]', *extra])
     Trainer(rcfg, tiny_genotype(5), tmp_path / "src", progress=False, log=False).run()
     return tmp_path / "src" / "best.pt"
 
@@ -354,11 +354,7 @@ def test_finetune_starts_the_dual_term_from_the_source_runs_dual_model_and_refus
     from hdnas.compress.job import run_compress
     from hdnas.compress.config import CompressError
     data = write_folder(tmp_path / "data", 6, 40, 0)
-    rcfg = load_retrain_config(None, ["threads=1", "device=cpu", "data.patch=8", "data.batch=2", "train.steps=2",
-                                      "train.val_every=2", "data.val_fraction=0.25", f'data.paths=["{data}"]',
-                                      "loss.dual.enabled=true", "train.lr=1e-2"])
-    Trainer(rcfg, tiny_genotype(5), tmp_path / "src", progress=False, log=False).run()
-    ck = tmp_path / "src" / "last.pt"
+    ck = _trained_checkpoint(tmp_path, data, "loss.dual.enabled=true", "train.lr=1e-2")
     source = load_checkpoint(ck)["dual"]
     # a vanishing lr: after one Adam step, D is where it started (to ~1e-12)
     for method, carried in (("l1", True), ("scratch", False)):

@@ -100,10 +100,7 @@ class CompressConfig:
     # fine-tuning: L1 + dual regression (DRC's objective; stated here, the retraining default is off) + distillation
     loss: LossConfig = field(default_factory=lambda: LossConfig(dual=DualConfig(enabled=True),
                                                                 distill=DistillConfig(enabled=True)))
-    # The unpruned teacher runs on each batch's patches. Its cached outputs (teacher.cache in retraining)
-    # are whole-image SR, cropped and rounded: on the x4 base they sit 0.0065 from its own patch forward
-    # (mean |Δ|, a sixth of its L1 error), and a pruned net pulled toward them drifts off its teacher.
-    teacher_cache: bool = False
+    teacher_cache: bool = False  # teacher.cache of the fine-tuning: biased targets (hdnas.train.teacher)
 
     def validate(self) -> None:
         check_rate(self.rate)

@@ -90,7 +90,7 @@ def _train(rcfg: RetrainConfig, genotype: Genotype, out, init: nn.Module | None,
                       progress=progress, log=log, clock=clock)
     if not (resume and trainer.resume(missing_ok=True)):
         trainer.start(force=force)
-        if trainer.dual is not None:  # D keeps its fit to the source: a fresh one's large early loss pulls the net off
+        if trainer.dual is not None:  # the dual model is part of what is fine-tuned, as in DRC's search
             load_dual_state(trainer.dual, dual_state, rcfg.loss.dual.features)
         if init is not None:  # scored and saved before any step: what surgery alone kept is a best.pt candidate
             trainer.model.load_state_dict(init.state_dict())  # (fine-tuning a converged net can lose to it)

@@ -20,8 +20,9 @@ forward near patch borders (zero padding there) and in ESA's pooled mask, which 
 image: a target the student cannot reach from the patch. For the 13,000-step ×4 base it is 0.0065
 from the net's own patch forward (mean |Δ| over 24×24 LR patches; 0.0046 away from the borders,
 0.0011 from rounding; ``benchmarks/teacher_cache_gap.py``), a sixth of its L1 error, so a net
-distilled from its own cache drifts off it; hence off by default. It needs as much memory as the HR training images. Feature distillation reads the teacher's
-features, which are not cached, so with ``loss.feature_distill`` the teacher runs every step.
+distilled from its own cache drifts off it; hence off by default. It needs as much memory as the
+HR training images. Feature distillation reads the teacher's features, which are not cached, so
+with ``loss.feature_distill`` the teacher runs every step.
 """
 
 from __future__ import annotations

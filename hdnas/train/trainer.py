@@ -24,8 +24,8 @@ under ``aligners``, outside ``model``: the saved net is the plain one.
 The teacher (``teacher.*``, :mod:`hdnas.train.teacher`): any trained net. It runs once per step on
 the batch; with ``teacher.cache`` its outputs on the whole training images are computed once when the
 trainer is built and each batch crops them at the patches' windows, so a step runs no teacher (faster,
-but a target that differs from the teacher's patch forward). Importance rounds switch at ``round_steps`` or, with ``loss.importance.rounds``, at
-fractions of the run (:func:`run_fraction`).
+but a target that differs from the teacher's patch forward). Importance rounds switch at
+``round_steps`` or, with ``loss.importance.rounds``, at fractions of the run (:func:`run_fraction`).
 
 Progressive learning (``train.progressive``, :class:`ProgressiveStage`): the LR patch grows stage by
 stage and a stage may switch the pixel term to L2. The stage is a pure function of the step (and of
